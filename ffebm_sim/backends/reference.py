@@ -1,0 +1,268 @@
+"""The torch reference solver: batched float64 Newton on the block's KCL.
+
+Unknowns are the free-node voltages ``x`` (layers 1..m). The current leaving
+every free node is
+
+    r(x) = L x - b + f(x)
+
+* ``L``: the conductance (Laplacian) matrix among free nodes plus, on its
+  diagonal, every conductance to a fixed potential (input sources, bias
+  rails, the resistive nudge);
+* ``b``: the currents those fixed potentials and the nudge current sources
+  push in: ``G_1^T v_src + g_pos*V_b - g_neg*V_b + g_nudge*y + I_nudge``;
+* ``f(x)``: the nonlinear elements of ``ffebm_sim.devices`` (diodes to the
+  clamp rails with ngspice's equations and GMIN, PWL tables).
+
+``r`` is the gradient of the convex energy (co-content)
+``E(x) = x^T L x / 2 - b^T x + sum C(x)``; the operating point is its unique
+minimiser. Newton steps ``J dx = -r`` with ``J = L + diag(f'(x))`` are
+safeguarded by a backtracking (Armijo) line search on ``E``. The ``ideal``
+nonlinearity is the hard clip ``-v_off <= x <= v_off`` (no junction at all),
+handled by projected Newton: nodes at a bound whose gradient points outward
+are held there.
+
+Converged means, at every free node, ``|r_i| <= abstol_a + reltol * s_i``
+where ``s_i`` is the sum of the magnitudes of the currents meeting at that
+node (the SPICE-style mix of absolute and relative current tolerance):
+defaults ``abstol_a = 1e-15 A`` and ``reltol = 1e-12``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..circuit import BlockCircuit
+from ..devices import DiodeModel, diode_cocontent, diode_current_and_conductance, pwl_cocontent, pwl_current_and_conductance
+from .base import Backend, Equilibrium, Nudge, check_batch, source_voltages
+
+DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class _DiodeGroup:
+    nodes: torch.Tensor      # free-node indices
+    rail_v: float            # the rail's potential
+    upward: bool             # True: node -> rail (clamps from above); False: rail -> node
+    model: DiodeModel
+
+
+@dataclass(frozen=True)
+class _PwlGroup:
+    nodes: torch.Tensor
+    table: object
+
+
+@dataclass(frozen=True)
+class _Network:
+    """The linear algebra of one circuit, independent of the batch."""
+
+    laplacian: torch.Tensor            # (N, N)
+    abs_laplacian: torch.Tensor        # |L| for the tolerance scale
+    g_in: torch.Tensor                 # (2*n0, n1)
+    bias_current: torch.Tensor         # (N,) pushed in by the bias rails
+    out_slice: slice
+    diodes: tuple[_DiodeGroup, ...]
+    pwls: tuple[_PwlGroup, ...]
+    lower: torch.Tensor                # (N,) hard bounds (ideal), -inf if none
+    upper: torch.Tensor
+    has_bounds: bool
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A float64 tensor copy of a (read-only) circuit array."""
+    return torch.from_numpy(np.array(array, dtype=np.float64))
+
+
+def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network:
+    """Assemble ``L``, the bias currents and the element groups of ``circuit``."""
+    n = circuit.n_free
+    L = torch.zeros(n, n, dtype=DTYPE)
+    sizes = circuit.layer_sizes
+    g_in = _tensor(circuit.conductances[0])
+    s1 = circuit.layer_slice(1)
+    L[s1, s1] += torch.diag(g_in.sum(0))
+    for k in range(2, circuit.depth + 1):
+        g = _tensor(circuit.conductances[k - 1])
+        a, b = circuit.layer_slice(k - 1), circuit.layer_slice(k)
+        L[a, a] += torch.diag(g.sum(1))
+        L[b, b] += torch.diag(g.sum(0))
+        L[a, b] -= g
+        L[b, a] -= g.T
+    bias_current = torch.zeros(n, dtype=DTYPE)
+    if circuit.has_bias:
+        vb = circuit.bias_voltage_v
+        for k in range(1, circuit.depth + 1):
+            gp, gn = _tensor(circuit.bias_pos[k - 1]), _tensor(circuit.bias_neg[k - 1])
+            s = circuit.layer_slice(k)
+            L[s, s] += torch.diag(gp + gn)
+            bias_current[s] += gp * vb - gn * vb
+    lower = torch.full((n,), -torch.inf, dtype=DTYPE)
+    upper = torch.full((n,), torch.inf, dtype=DTYPE)
+    diodes, pwls = [], []
+    for k in range(1, circuit.depth + 1):
+        nl = circuit.layer_nonlinearity(k)
+        if nl is None:
+            continue
+        s = circuit.layer_slice(k)
+        idx = torch.arange(s.start, s.stop)
+        if nl.kind == "pwl":
+            pwls.append(_PwlGroup(idx, nl.table))
+            continue
+        if nl.kind == "ideal" and ideal_as_clip:
+            lower[idx], upper[idx] = -nl.v_off_v, nl.v_off_v
+            continue
+        model = DiodeModel(nl.emitted_diode.saturation_current_a, nl.emitted_diode.emission_coefficient, circuit.gmin_s)
+        up, down = nl.clamps_up(sizes[k]), nl.clamps_down(sizes[k])
+        if up.any():
+            diodes.append(_DiodeGroup(idx[torch.from_numpy(up)], nl.v_off_v, True, model))
+        if down.any():
+            diodes.append(_DiodeGroup(idx[torch.from_numpy(down)], -nl.v_off_v, False, model))
+    return _Network(L, L.abs(), g_in, bias_current, circuit.layer_slice(circuit.depth), tuple(diodes), tuple(pwls),
+                    lower, upper, bool(torch.isfinite(lower).any()))
+
+
+def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
+    """f(x), f'(x) (and the co-content sum when ``energy``) of the node elements."""
+    f = torch.zeros_like(x)
+    df = torch.zeros_like(x)
+    e = torch.zeros(x.shape[0], dtype=x.dtype)
+    for g in net.diodes:
+        xv = x[:, g.nodes]
+        vd = xv - g.rail_v if g.upward else g.rail_v - xv
+        i, gd = diode_current_and_conductance(vd, g.model)
+        f[:, g.nodes] += i if g.upward else -i
+        df[:, g.nodes] += gd
+        if energy:
+            e = e + diode_cocontent(vd, g.model).sum(1)
+    for g in net.pwls:
+        xv = x[:, g.nodes]
+        i, gd = pwl_current_and_conductance(xv, g.table)
+        f[:, g.nodes] += i
+        df[:, g.nodes] += gd
+        if energy:
+            e = e + pwl_cocontent(xv, g.table).sum(1)
+    return f, df, e
+
+
+def _energy(net: _Network, L: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    _, _, e = _nonlinear(net, x, energy=True)
+    return 0.5 * torch.einsum("bi,ij,bj->b", x, L, x) - (b * x).sum(1) + e
+
+
+class ReferenceBackend(Backend):
+    """Torch, float64, batched. See the module docstring for the equations.
+
+    Args:
+        abstol_a, reltol: convergence tolerance on the KCL residual (A, -).
+        max_iterations: Newton iterations before a sample is declared failed.
+        ideal_as_clip: solve ``ideal`` layers as the hard clip (True) or as the
+            steep diode pair an emitted deck contains (False).
+    """
+
+    name = "reference"
+
+    def __init__(self, abstol_a: float = 1e-15, reltol: float = 1e-12, max_iterations: int = 200,
+                 ideal_as_clip: bool = True):
+        self.abstol_a = abstol_a
+        self.reltol = reltol
+        self.max_iterations = max_iterations
+        self.ideal_as_clip = ideal_as_clip
+
+    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
+        u = check_batch(circuit, inputs, nudge)
+        net = build_network(circuit, self.ideal_as_clip)
+        v_src = source_voltages(circuit, u)
+        B, N = u.shape[0], circuit.n_free
+        L = net.laplacian
+        b = torch.zeros(B, N, dtype=DTYPE)
+        b[:, circuit.layer_slice(1)] += v_src @ net.g_in
+        b += net.bias_current
+        if nudge is not None:
+            if nudge.currents_a is not None:
+                b[:, net.out_slice] += torch.as_tensor(nudge.currents_a, dtype=DTYPE)
+            if nudge.conductance_s > 0:
+                L = L.clone()
+                idx = torch.arange(net.out_slice.start, net.out_slice.stop)
+                L[idx, idx] += nudge.conductance_s
+                b[:, net.out_slice] += nudge.conductance_s * torch.as_tensor(nudge.target_v, dtype=DTYPE)
+        x, converged, iterations, residual = self._newton(net, L, b)
+        messages = tuple("" if c else
+                         f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
+                         "check for floating nodes (all conductances of a node zero) or raise max_iterations"
+                         for c, r in zip(converged.tolist(), residual.tolist()))
+        layer1 = x[:, circuit.layer_slice(1)]
+        # delivered current of source s: sum_j G1[s, j] * (v_s - x_j)
+        src = v_src * net.g_in.sum(1) - layer1 @ net.g_in.T
+        return Equilibrium(x, src, converged, messages, iterations)
+
+    def _newton(self, net: _Network, L: torch.Tensor, b: torch.Tensor):
+        B, N = b.shape
+        eye = torch.eye(N, dtype=DTYPE)
+        # Start from the linear network (diodes open) pulled inside the clamp rails.
+        x = torch.linalg.solve(L + 1e-30 * eye, b.T).T if N else b.clone()
+        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+        for g in net.diodes:
+            # A few thermal voltages past the rail: the junction conducts there, but
+            # exp() stays small, so Newton starts where the model is well scaled.
+            rail_margin = 10.0 * g.model.vte
+            if g.upward:
+                x[:, g.nodes] = torch.clamp(x[:, g.nodes], max=g.rail_v + rail_margin)
+            else:
+                x[:, g.nodes] = torch.clamp(x[:, g.nodes], min=g.rail_v - rail_margin)
+        x = torch.maximum(torch.minimum(x, net.upper), net.lower)
+        active = torch.ones(B, dtype=torch.bool)
+        converged = torch.zeros(B, dtype=torch.bool)
+        residual = torch.full((B,), torch.inf, dtype=DTYPE)
+        abs_l = L.abs()
+        it = 0
+        for it in range(1, self.max_iterations + 1):
+            f, df, _ = _nonlinear(net, x)
+            r = x @ L - b + f                     # L is symmetric
+            held = torch.zeros_like(x, dtype=torch.bool)
+            if net.has_bounds:
+                held = ((x >= net.upper) & (r < 0)) | ((x <= net.lower) & (r > 0))
+            r_free = torch.where(held, torch.zeros_like(r), r)
+            scale = x.abs() @ abs_l + b.abs() + f.abs()
+            ok = (r_free.abs() <= self.abstol_a + self.reltol * scale).all(1)
+            residual = r_free.abs().amax(1) if N else torch.zeros(B, dtype=DTYPE)
+            converged = ok
+            active = ~ok
+            if not active.any():
+                break
+            J = L + torch.diag_embed(df)
+            if net.has_bounds:
+                # Held nodes: identity rows/columns, zero step.
+                keep = (~held).to(DTYPE)
+                J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
+            dx = -torch.linalg.solve(J[active], r_free[active].unsqueeze(-1)).squeeze(-1)
+            x[active] = self._line_search(net, L, b[active], x[active], r_free[active], dx)
+        return x, converged, it, residual
+
+    def _line_search(self, net, L, b, x, grad, dx):
+        """Backtracking on the energy; the projection onto the bounds is part of the trial point."""
+        e0 = _energy(net, L, b, x)
+        slope = (grad * dx).sum(1)                 # < 0 for a descent direction
+        t = torch.ones(x.shape[0], dtype=DTYPE)
+        pending = torch.ones(x.shape[0], dtype=torch.bool)
+        x_new = x.clone()
+        slack = 1e-13 * e0.abs() + 1e-300
+        for _ in range(60):
+            trial = x[pending] + t[pending, None] * dx[pending]
+            trial = torch.maximum(torch.minimum(trial, net.upper), net.lower)
+            e1 = _energy(net, L, b[pending], trial)
+            accept = e1 <= e0[pending] + 1e-4 * t[pending] * slope[pending] + slack[pending]
+            accept &= torch.isfinite(e1)
+            idx = pending.nonzero().squeeze(1)
+            x_new[idx[accept]] = trial[accept]
+            pending[idx[accept]] = False
+            if not pending.any():
+                break
+            t[pending] *= 0.5
+        # Samples whose search failed take the shortest step tried (roundoff regime).
+        if pending.any():
+            trial = x[pending] + t[pending, None] * dx[pending]
+            x_new[pending] = torch.maximum(torch.minimum(trial, net.upper), net.lower)
+        return x_new

@@ -1,0 +1,303 @@
+"""An energy block as a frozen data object.
+
+Hardware view (layers 0..m, layer 0 the input, layer m the output):
+
+* each input feature ``u_i`` drives two voltage sources ``V(+i) = +a*u_i`` and
+  ``V(-i) = -a*u_i`` (input gain ``a`` in volts per unit), so that positive
+  conductances act as signed weights;
+* layer ``k-1`` is fully connected to layer ``k`` by resistors of conductance
+  ``G_k[i, j] >= 0`` (siemens). ``G_1`` has ``2*n_0`` rows: rows ``0..n_0-1``
+  are the ``+`` sources, rows ``n_0..2*n_0-1`` the ``-`` sources;
+* optional bias conductances tie node ``j`` of layer ``k`` to a positive rail
+  (``+bias_voltage_v``) and a negative rail (``-bias_voltage_v``);
+* hidden nodes carry a nonlinearity (see :class:`Nonlinearity`); the output
+  layer is linear unless ``output`` says otherwise;
+* each output node can be nudged: a current source (``nudge="current"``) or a
+  conductance to a target voltage (``nudge="resistive"``, MSE cost).
+
+The "free" nodes, whose voltages a solver finds, are layers 1..m in order;
+``free_node_names`` gives the SPICE node names in that order.
+
+Nothing here mutates: arrays are stored read-only, and functions of a circuit
+(``ffebm_sim.netlist``, ``ffebm_sim.backends``) build what they need from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+
+from .devices import DiodeModel, PwlTable
+from .errors import SpecError
+
+NONLINEARITY_KINDS = ("double", "single", "ideal", "pwl")
+NUDGE_MODES = ("current", "resistive")
+
+#: The steep junction that stands in for an ideal diode in an emitted deck.
+#: Forward drop at 1 mA: N*Vt*ln(1e-3/IS) = 0.47 mV; reverse leak 1e-12 A.
+STEEP_DIODE = DiodeModel(saturation_current_a=1e-12, emission_coefficient=0.001)
+
+
+def _finite(name: str, value, allowed: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name}: expected a number, got {value!r}; {allowed}") from None
+    if not math.isfinite(value):
+        raise SpecError(f"{name}: {value} is not finite; {allowed}")
+    return value
+
+
+def _positive(name: str, value, allowed: str = "must be a finite number > 0") -> float:
+    value = _finite(name, value, allowed)
+    if value <= 0:
+        raise SpecError(f"{name}: {value!r} is not > 0; {allowed}")
+    return value
+
+
+@dataclass(frozen=True)
+class Nonlinearity:
+    """The element(s) at every node of one layer.
+
+    * ``double``: diode node -> rail ``+v_off_v`` and diode rail ``-v_off_v`` -> node,
+      a soft clamp of the node voltage to about ``[-v_off, +v_off]`` widened by
+      the diode's forward drop.
+    * ``single``: the first ``ceil(n/2)`` nodes of the layer clamp from above
+      only, the rest from below only.
+    * ``ideal``: the ideal-diode limit, a hard clip to ``[-v_off, +v_off]`` in the
+      reference solver; emitted decks use the steep ``diode`` (default
+      :data:`STEEP_DIODE`) and say so.
+    * ``pwl``: an element from node to ground with the measured I-V ``table``.
+    """
+
+    kind: str = "double"
+    v_off_v: float = 0.0
+    diode: DiodeModel | None = None
+    table: PwlTable | None = None
+
+    def __post_init__(self):
+        if self.kind not in NONLINEARITY_KINDS:
+            raise SpecError(f"nonlinearity: unknown kind {self.kind!r}; valid kinds are {', '.join(NONLINEARITY_KINDS)}")
+        object.__setattr__(self, "v_off_v", _finite("v_off", self.v_off_v, "the clamp offset in volts"))
+        if self.kind == "pwl":
+            if self.table is None:
+                raise SpecError("nonlinearity: kind 'pwl' needs a table of voltages and currents")
+            _check_table(self.table)
+        if self.diode is not None:
+            _check_diode(self.diode)
+
+    @property
+    def emitted_diode(self) -> DiodeModel:
+        """The junction written into a deck (and solved by the reference for non-ideal kinds)."""
+        if self.diode is not None:
+            return self.diode
+        return STEEP_DIODE if self.kind == "ideal" else DiodeModel()
+
+    def clamps_up(self, n: int) -> np.ndarray:
+        """Boolean mask of nodes with a diode to the upper rail."""
+        if self.kind in ("double", "ideal"):
+            return np.ones(n, bool)
+        if self.kind == "single":
+            return np.arange(n) < (n + 1) // 2
+        return np.zeros(n, bool)
+
+    def clamps_down(self, n: int) -> np.ndarray:
+        """Boolean mask of nodes with a diode from the lower rail."""
+        if self.kind in ("double", "ideal"):
+            return np.ones(n, bool)
+        if self.kind == "single":
+            return np.arange(n) >= (n + 1) // 2
+        return np.zeros(n, bool)
+
+
+def _check_diode(d: DiodeModel) -> None:
+    _positive("diode.is", d.saturation_current_a, "saturation current IS in amperes, > 0")
+    _positive("diode.n", d.emission_coefficient, "emission coefficient N, > 0")
+    g = _finite("diode.gmin", d.gmin_s, "junction GMIN in siemens, >= 0")
+    if g < 0:
+        raise SpecError(f"diode.gmin: {g!r} is negative; junction GMIN in siemens, >= 0")
+
+
+def _check_table(t: PwlTable) -> None:
+    v, i = t.voltages_v, t.currents_a
+    if len(v) != len(i) or len(v) < 2:
+        raise SpecError(f"pwl table: needs >= 2 points with as many currents as voltages, got {len(v)} voltages and {len(i)} currents")
+    for name, seq in (("voltages", v), ("currents", i)):
+        for x in seq:
+            _finite(f"pwl table {name}", x, "finite numbers")
+    if any(b <= a for a, b in zip(v, v[1:])):
+        raise SpecError("pwl table voltages: must strictly increase")
+    if any(b < a for a, b in zip(i, i[1:])):
+        raise SpecError("pwl table currents: must not decrease (a passive monotone element keeps the equilibrium unique)")
+
+
+def _readonly(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        a = np.array(array, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name}: not an array of numbers; conductances in siemens, >= 0") from None
+    if a.shape != shape:
+        raise SpecError(f"{name}: shape {a.shape} does not match the layer sizes, expected {shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        idx = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise SpecError(f"{name}: {a[idx]} at {list(idx)} is not finite; conductances in siemens, >= 0")
+    if (a < 0).any():
+        idx = tuple(int(k) for k in np.argwhere(a < 0)[0])
+        raise SpecError(f"{name}: negative value {a[idx]!r} at {list(idx)}; conductances in siemens, >= 0")
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class BlockCircuit:
+    """One analog energy block (see the module docstring for the hardware).
+
+    Attributes:
+        layer_sizes: ``(n_0, n_1, ..., n_m)``; ``n_0`` input features (each
+            driving two sources), ``n_m`` outputs. At least one hidden layer
+            is not required: ``(n_0, n_m)`` is a single resistive layer.
+        conductances: ``G_1 .. G_m`` in siemens; ``G_1`` is ``(2*n_0, n_1)``,
+            ``G_k`` is ``(n_{k-1}, n_k)``.
+        hidden: one :class:`Nonlinearity` per hidden layer (layers 1..m-1).
+        output: the output layer's nonlinearity, or ``None`` for linear.
+        input_gain_v: volts per unit input (``a``).
+        bias_pos, bias_neg: per layer 1..m, conductances (S) from each node to
+            the ``+bias_voltage_v`` / ``-bias_voltage_v`` rail; ``None`` = no bias.
+        gmin_s: ngspice's GMIN, used for every junction (siemens).
+        nudge: ``"current"`` or ``"resistive"``.
+        name: a label used in decks and reports.
+    """
+
+    layer_sizes: tuple[int, ...]
+    conductances: tuple[np.ndarray, ...]
+    hidden: tuple[Nonlinearity, ...] = ()
+    output: Nonlinearity | None = None
+    input_gain_v: float = 1.0
+    bias_voltage_v: float = 1.0
+    bias_pos: tuple[np.ndarray, ...] | None = None
+    bias_neg: tuple[np.ndarray, ...] | None = None
+    gmin_s: float = 1e-12
+    nudge: str = "current"
+    name: str = "block"
+
+    def __post_init__(self):
+        sizes = self.layer_sizes
+        if not isinstance(sizes, (tuple, list)) or len(sizes) < 2:
+            raise SpecError(f"layers: {sizes!r} needs at least an input and an output size, e.g. [64, 32, 10]")
+        for n in sizes:
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n > 100_000:
+                raise SpecError(f"layers: size {n!r} is not an integer in 1..100000")
+        sizes = tuple(int(n) for n in sizes)
+        object.__setattr__(self, "layer_sizes", sizes)
+        if len(self.conductances) != len(sizes) - 1:
+            raise SpecError(f"conductances: {len(self.conductances)} matrices given, the layers need {len(sizes) - 1}")
+        shapes = [(2 * sizes[0], sizes[1])] + [(sizes[k - 1], sizes[k]) for k in range(2, len(sizes))]
+        object.__setattr__(self, "conductances", tuple(
+            _readonly(f"conductances[{k}]", g, s) for k, (g, s) in enumerate(zip(self.conductances, shapes))))
+        hidden = tuple(self.hidden)
+        if len(hidden) == 1 and len(sizes) > 3:
+            hidden = hidden * (len(sizes) - 2)   # one nonlinearity for every hidden layer
+        if len(hidden) != len(sizes) - 2:
+            raise SpecError(f"nonlinearity: {len(hidden)} given for {len(sizes) - 2} hidden layers")
+        for h in hidden:
+            if not isinstance(h, Nonlinearity):
+                raise SpecError(f"nonlinearity: expected a Nonlinearity, got {type(h).__name__}")
+        object.__setattr__(self, "hidden", hidden)
+        if self.output is not None and not isinstance(self.output, Nonlinearity):
+            raise SpecError(f"output: expected a Nonlinearity or None (linear), got {type(self.output).__name__}")
+        gain = _finite("input_gain", self.input_gain_v, "volts per unit input, a finite non-zero number")
+        if gain == 0:
+            raise SpecError("input_gain: 0 disconnects the inputs; volts per unit input, a finite non-zero number")
+        object.__setattr__(self, "input_gain_v", gain)
+        object.__setattr__(self, "bias_voltage_v", _finite("bias.voltage", self.bias_voltage_v, "bias rail in volts"))
+        gmin = _finite("gmin", self.gmin_s, "GMIN in siemens, >= 0")
+        if gmin < 0:
+            raise SpecError(f"gmin: {gmin!r} is negative; GMIN in siemens, >= 0")
+        object.__setattr__(self, "gmin_s", gmin)
+        if self.nudge not in NUDGE_MODES:
+            raise SpecError(f"nudge: unknown mode {self.nudge!r}; valid modes are {', '.join(NUDGE_MODES)}")
+        if (self.bias_pos is None) != (self.bias_neg is None):
+            raise SpecError("bias: give both positive and negative rail conductances, or neither")
+        if self.bias_pos is not None:
+            for attr in ("bias_pos", "bias_neg"):
+                arrays = getattr(self, attr)
+                if len(arrays) != len(sizes) - 1:
+                    raise SpecError(f"{attr}: {len(arrays)} vectors given, expected one per layer 1..{len(sizes) - 1}")
+                object.__setattr__(self, attr, tuple(
+                    _readonly(f"{attr}[{k}]", b, (sizes[k + 1],)) for k, b in enumerate(arrays)))
+
+    # ---- derived structure -------------------------------------------------
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layer_sizes[0]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layer_sizes[-1]
+
+    @property
+    def n_free(self) -> int:
+        """Number of free nodes (layers 1..m)."""
+        return sum(self.layer_sizes[1:])
+
+    @property
+    def depth(self) -> int:
+        """Number of resistive layers m."""
+        return len(self.layer_sizes) - 1
+
+    def layer_nonlinearity(self, k: int) -> Nonlinearity | None:
+        """Nonlinearity of layer k (1..m), ``None`` when linear."""
+        return self.output if k == self.depth else self.hidden[k - 1]
+
+    def layer_slice(self, k: int) -> slice:
+        """Columns of layer k (1..m) in the free-node vector."""
+        start = sum(self.layer_sizes[1:k])
+        return slice(start, start + self.layer_sizes[k])
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias_pos is not None
+
+    @property
+    def has_ideal(self) -> bool:
+        return any(nl is not None and nl.kind == "ideal" for nl in (*self.hidden, self.output))
+
+    def with_conductances(self, conductances: Sequence, bias_pos=None, bias_neg=None) -> "BlockCircuit":
+        """A copy with new conductances (and bias conductances, when given)."""
+        return replace(self, conductances=tuple(conductances),
+                       bias_pos=self.bias_pos if bias_pos is None else tuple(bias_pos),
+                       bias_neg=self.bias_neg if bias_neg is None else tuple(bias_neg))
+
+    def as_emitted(self) -> "BlockCircuit":
+        """The circuit an emitted deck describes: ``ideal`` becomes its steep diode pair."""
+        def emitted(nl):
+            if nl is None or nl.kind != "ideal":
+                return nl
+            return Nonlinearity("double", nl.v_off_v, nl.emitted_diode)
+        return replace(self, hidden=tuple(emitted(h) for h in self.hidden), output=emitted(self.output))
+
+
+# ---- SPICE names, written once ---------------------------------------------
+
+def node_name(k: int, j: int) -> str:
+    """SPICE node of node j in layer k (1..m)."""
+    return f"n{k}_{j}"
+
+
+def source_node_names(n_inputs: int) -> list[str]:
+    """Input source nodes in G_1 row order: + sources, then - sources."""
+    return [f"xp{i}" for i in range(n_inputs)] + [f"xm{i}" for i in range(n_inputs)]
+
+
+def source_names(n_inputs: int) -> list[str]:
+    """Input voltage sources in G_1 row order."""
+    return [f"vxp{i}" for i in range(n_inputs)] + [f"vxm{i}" for i in range(n_inputs)]
+
+
+def free_node_names(circuit: BlockCircuit) -> list[str]:
+    return [node_name(k, j) for k in range(1, circuit.depth + 1) for j in range(circuit.layer_sizes[k])]

@@ -1,0 +1,162 @@
+"""``ffebm``: a thin command line over the library.
+
+Bad input is one line on stderr (``ffebm: error: ...``) and exit code 2, with
+no traceback and no partial output file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from .backends import BACKENDS, Nudge, get_backend
+from .circuit import free_node_names
+from .errors import SpecError
+from .io import atomic_write_text, read_inputs
+from .netlist import emit_deck
+from .spec import load_block
+
+
+class _Exit(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+def _json(obj) -> str:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ffebm-sim")
+def cli():
+    """Analog energy blocks as SPICE netlists, solved by ngspice and by torch."""
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="One input vector (.npy/.json/.csv/.txt).")
+@click.option("--seed", type=click.IntRange(min=0), help="Draw the input vector uniformly in [-1, 1] with this seed.")
+@click.option("--reduced", is_flag=True, help="Replace the source-driven input layer by its exact Norton equivalent.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Deck to write (.cir).")
+def netlist(spec, inputs_file, seed, reduced, output):
+    """Write a standalone SPICE deck of the block in SPEC (runs with `ngspice -b`)."""
+    circuit = load_block(spec)
+    if inputs_file and seed is not None:
+        raise SpecError("--inputs and --seed: give one of them, not both")
+    u = None
+    if inputs_file:
+        data = read_inputs(inputs_file, circuit.n_inputs)
+        if data.shape[0] != 1:
+            raise SpecError(f"--inputs: {inputs_file} holds {data.shape[0]} samples; a deck takes one input vector")
+        u = data[0]
+    elif seed is not None:
+        u = np.random.default_rng(seed).uniform(-1.0, 1.0, circuit.n_inputs)
+    args = ["ffebm netlist", spec] + (["--inputs", inputs_file] if inputs_file else []) + \
+        (["--seed", str(seed)] if seed is not None else []) + (["--reduced"] if reduced else []) + ["-o", output]
+    atomic_write_text(output, emit_deck(circuit, u, reduced=reduced, command=" ".join(args)))
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--backend", default="reference", show_default=True, help=f"One of: {', '.join(BACKENDS)}.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="Input vectors, one per row.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random input when no --inputs.")
+@click.option("--reduced", is_flag=True, help="ngspice: solve the Norton-reduced deck.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def solve(spec, backend, inputs_file, seed, reduced, as_json):
+    """Solve the block's free equilibrium and print every node voltage."""
+    circuit = load_block(spec)
+    options = {"reduced": reduced} if backend == "ngspice" else {}
+    if reduced and backend != "ngspice":
+        raise SpecError("--reduced: only the ngspice backend has decks; drop it or use --backend ngspice")
+    solver = get_backend(backend, **options)
+    u = read_inputs(inputs_file, circuit.n_inputs) if inputs_file else \
+        np.random.default_rng(seed).uniform(-1.0, 1.0, (1, circuit.n_inputs))
+    eq = solver.solve(circuit, torch.from_numpy(u))
+    names = free_node_names(circuit)
+    if as_json:
+        click.echo(_json({"backend": backend, "nodes": names, "node_voltages_v": eq.node_voltages_v.tolist(),
+                          "source_currents_a": eq.source_currents_a.tolist(), "converged": eq.converged.tolist(),
+                          "messages": list(eq.messages)}))
+    else:
+        for b in range(u.shape[0]):
+            click.echo(f"# sample {b}: {'converged' if eq.converged[b] else eq.messages[b]}")
+            for name, v in zip(names, eq.node_voltages_v[b].tolist()):
+                click.echo(f"{name:>10s} {v: .12e} V")
+    if not eq.ok:
+        raise _Exit(1)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--samples", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--nudge", is_flag=True, help="Also compare nudged equilibria (random output nudges).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(spec, samples, nudge, seed, as_json):
+    """Solve random inputs with every backend and deck form; exit 0 iff they agree within 1e-9 V."""
+    from .verify import verify_block
+    report = verify_block(load_block(spec), samples=samples, nudge=nudge, seed=seed)
+    if as_json:
+        click.echo(_json(report))
+    else:
+        click.echo(f"{report['block']}: {samples} samples, phases {', '.join(report['phases'])}, "
+                   f"backends {', '.join(report['backends'])}")
+        click.echo(f"max |dV| = {report['max_abs_dv_volts']:.3e} V (tolerance {report['tolerance_volts']:.0e} V), "
+                   f"max |dI_src| = {report['max_abs_di_amps']:.3e} A, "
+                   f"nonlinear elements carrying > 0.1 uA: {100 * report['nonlinear_active_fraction']:.1f}%")
+        if "ideal_vs_emitted_dv_volts" in report:
+            click.echo(f"ideal clip vs emitted steep junctions: {report['ideal_vs_emitted_dv_volts']:.3e} V")
+        for f in report["failures"]:
+            click.echo(f"failure: {f}")
+        click.echo("AGREE" if report["ok"] else "DISAGREE")
+    if not report["ok"]:
+        raise _Exit(1)
+
+
+def main(argv=None) -> int:
+    """Entry point: one line and exit 2 for bad input, never a traceback for it."""
+    from .backends.ngspice import NgspiceUnavailable
+    try:
+        cli.main(args=argv, prog_name="ffebm", standalone_mode=False)
+    except _Exit as e:
+        return e.code
+    except click.exceptions.Abort:
+        click.echo("ffebm: aborted", err=True)
+        return 130
+    except click.UsageError as e:
+        click.echo(f"ffebm: error: {' '.join(e.format_message().split())}", err=True)
+        return 2
+    except click.ClickException as e:
+        click.echo(f"ffebm: error: {' '.join(e.format_message().split())}", err=True)
+        return 2
+    except (SpecError, NgspiceUnavailable) as e:
+        click.echo(f"ffebm: error: {e}", err=True)
+        return 2
+    except OSError as e:
+        click.echo(f"ffebm: error: {e.filename or ''}: {e.strerror or e}", err=True)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,57 @@
+"""Reading user files and writing outputs without ever leaving half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpecError
+
+INPUT_FORMATS = ".npy, .json (a list or list of lists), .csv or .txt (one sample per row)"
+
+
+def read_inputs(path: str | Path, n_inputs: int) -> np.ndarray:
+    """Input vectors ``(B, n_inputs)`` from a file; one line of error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"--inputs: {path}: no such file; give {INPUT_FORMATS}")
+    try:
+        if path.suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            data = np.array(json.loads(path.read_text()), dtype=np.float64)
+        else:
+            text = path.read_text().replace(",", " ")
+            data = np.array([[float(x) for x in line.split()] for line in text.splitlines() if line.strip()
+                             and not line.lstrip().startswith("#")], dtype=np.float64)
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+        raise SpecError(f"--inputs: {path}: cannot parse ({e.__class__.__name__}); give {INPUT_FORMATS}") from None
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim == 1:
+        data = data[None, :]
+    if data.ndim != 2 or data.shape[1] != n_inputs or data.shape[0] == 0:
+        raise SpecError(f"--inputs: {path}: shape {data.shape}; expected ({n_inputs},) or (samples, {n_inputs})")
+    if not np.isfinite(data).all():
+        raise SpecError(f"--inputs: {path}: contains NaN or inf; finite numbers only")
+    return data
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; give a file path to write")
+    if not path.parent.exists():
+        raise SpecError(f"{path.parent}: no such directory; create it first")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

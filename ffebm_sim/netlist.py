@@ -1,0 +1,234 @@
+"""Circuit -> SPICE deck text. The deck is the contract between this toolkit,
+ngspice and a designer's own flow.
+
+Two forms of the same block:
+
+* **physical**: every input voltage source ``V(+-i) = +-a*u_i`` and every
+  first-layer resistor, exactly the hardware;
+* **reduced**: the source-driven input layer replaced, per first-layer node
+  ``j``, by its exact Norton equivalent: a conductance ``sum_i G1[i,j]`` to
+  ground and a current source ``sum_i G1[i,j]*V_i`` into the node. Node
+  voltages of layers 1..m are the same; the sparse-matrix work on ``2*n_0``
+  source nodes disappears.
+
+Plain SPICE3 cards: R, D, V, I, B, X with ``.subckt`` from ``circuits/ffebm.lib``
+(inlined so the deck runs alone) and ``.model`` cards from the circuit's
+device parameters. With ``control=True`` a ``.control`` block runs ``op`` and
+``print all`` so ``ngspice -b deck.cir`` prints every node voltage and source
+current; backends load the deck without it and drive the analysis themselves.
+
+Element names (a backend alters them, so they are written once here):
+``vxp<i>``/``vxm<i>`` input sources, ``in1_<j>`` Norton currents (reduced),
+``inudge<j>`` nudge currents, ``vy<j>`` resistive-nudge targets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .circuit import BlockCircuit, Nonlinearity, node_name, source_names, source_node_names
+from .devices import DiodeModel
+
+LIBRARY_PATH = Path(__file__).resolve().parent.parent / "circuits" / "ffebm.lib"
+
+#: ngspice options every deck carries: tight tolerances so decks agree with the
+#: reference to ~1e-12 V, and the junction GMIN the reference models.
+SOLVER_OPTIONS = "reltol=1e-9 vntol=1e-12 abstol=1e-15"
+
+
+def num(x: float) -> str:
+    """A float as SPICE text, round-trip exact (17 significant digits)."""
+    return repr(float(x))
+
+
+def nudge_source_name(j: int) -> str:
+    return f"inudge{j}"
+
+
+def target_source_name(j: int) -> str:
+    return f"vy{j}"
+
+
+def norton_source_name(j: int) -> str:
+    return f"in1_{j}"
+
+
+def _library() -> dict[str, str]:
+    """Subcircuit bodies of circuits/ffebm.lib by name (text between .subckt and .ends)."""
+    subckts, current, lines = {}, None, []
+    for line in LIBRARY_PATH.read_text().splitlines():
+        words = line.split()
+        if words and words[0].lower() == ".subckt":
+            current, lines = words[1], [line]
+        elif current is not None:
+            lines.append(line)
+            if words and words[0].lower() == ".ends":
+                subckts[current] = "\n".join(lines)
+                current = None
+    return subckts
+
+
+class _Models:
+    """Distinct device models and the subcircuits built on them, numbered in order of use."""
+
+    def __init__(self):
+        self.diodes: list[DiodeModel] = []
+        self.tables: list = []
+        self.cards: list[str] = []
+        self.library = _library()
+
+    def diode(self, model: DiodeModel, gmin: float, subckt: str) -> str:
+        key = (model.saturation_current_a, model.emission_coefficient)
+        keys = [(d.saturation_current_a, d.emission_coefficient) for d in self.diodes]
+        if key not in keys:
+            self.diodes.append(model)
+            keys.append(key)
+            self.cards.append(f".model dclamp{len(keys) - 1} D(IS={num(key[0])} N={num(key[1])})")
+        m = keys.index(key)
+        return self._subckt(subckt, f"{subckt}{m}", {"DCLAMP": f"dclamp{m}"})
+
+    def table(self, table) -> str:
+        if table not in self.tables:
+            self.tables.append(table)
+        m = self.tables.index(table)
+        points = [f"{num(v)}, {num(i)}" for v, i in zip(table.voltages_v, table.currents_a)]
+        # Four points per continuation line ('+'), so long tables stay readable.
+        rows = [", ".join(points[i:i + 4]) for i in range(0, len(points), 4)]
+        return self._subckt("pwl_element", f"pwl_element{m}", {"PWLTABLE": "\n+ " + ",\n+ ".join(rows)})
+
+    def _subckt(self, base: str, name: str, replacements: dict[str, str]) -> str:
+        header = f".subckt {name} "
+        if any(c.startswith(header) for c in self.cards):
+            return name
+        text = self.library[base]
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        lines = text.splitlines()
+        lines[0] = lines[0].replace(f".subckt {base}", f".subckt {name}", 1)
+        lines[-1] = f".ends {name}"
+        self.cards.append("\n".join(lines))
+        return name
+
+
+def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, control: bool = True,
+              nudge_currents_a=None, nudge_conductance_s: float = 0.0, nudge_target_v=None,
+              command: str | None = None) -> str:
+    """The SPICE deck of ``circuit`` for one input vector.
+
+    Args:
+        inputs: ``(n_0,)`` input features (default zeros); sources get ``+-a*u``.
+        reduced: write the Norton-reduced input layer instead of the sources.
+        control: append the ``.control`` block that runs ``op`` and prints.
+        nudge_currents_a: ``(n_out,)`` currents into the output nodes (A), default 0.
+        nudge_conductance_s, nudge_target_v: the resistive nudge (S, V), if any.
+        command: the command line that regenerates this deck, recorded in its header.
+    """
+    sizes = circuit.layer_sizes
+    n0, m = sizes[0], circuit.depth
+    u = np.zeros(n0) if inputs is None else np.asarray(inputs, dtype=np.float64).reshape(n0)
+    a = circuit.input_gain_v
+    v_src = np.concatenate([a * u, -a * u])
+    g1 = np.asarray(circuit.conductances[0])
+    models = _Models()
+    out: list[str] = []
+    form = "reduced (Norton-equivalent input layer)" if reduced else "physical"
+    out += [
+        f"* ffebm-sim {__version__} energy block '{circuit.name}', {form} deck",
+        f"* layers: {n0} inputs (x2 sources, gain {num(a)} V/unit) -> " + " -> ".join(str(s) for s in sizes[1:]),
+        "* free nodes n<layer>_<index>; conductances G in siemens are written as resistances 1/G in ohms;",
+        "* zero conductances are open circuits and are not written.",
+    ]
+    if command:
+        out.append(f"* regenerate: {command}")
+    out += ["", "* ---- analysis options: tight tolerances, junction GMIN and temperature the reference solver models ----",
+            f".options {SOLVER_OPTIONS} gmin={num(circuit.gmin_s)}",
+            ".options temp=27 tnom=27", ""]
+
+    body: list[str] = []
+    if reduced:
+        body.append("* ---- input layer, reduced: per layer-1 node, Norton conductance sum_i G1[i,j] and current sum_i G1[i,j]*V_i ----")
+        g_sum = g1.sum(0)
+        i_norton = v_src @ g1
+        for j in range(sizes[1]):
+            if g_sum[j] > 0:
+                body.append(f"RN1_{j} {node_name(1, j)} 0 {num(1.0 / g_sum[j])}")
+            body.append(f"{norton_source_name(j).upper()} 0 {node_name(1, j)} DC {num(i_norton[j])}")
+    else:
+        body.append("* ---- input sources: V(+i) = +a*u_i, V(-i) = -a*u_i ----")
+        for name, node, v in zip(source_names(n0), source_node_names(n0), v_src):
+            body.append(f"{name.upper()} {node} 0 DC {num(v)}")
+        body.append("")
+        body.append(f"* ---- layer 1 resistors: {2 * n0} source nodes x {sizes[1]} nodes ----")
+        for s, src in enumerate(source_node_names(n0)):
+            for j in range(sizes[1]):
+                if g1[s, j] > 0:
+                    body.append(f"R1_{src}_{j} {src} {node_name(1, j)} {num(1.0 / g1[s, j])}")
+    for k in range(2, m + 1):
+        g = np.asarray(circuit.conductances[k - 1])
+        body += ["", f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]} ----"]
+        for i in range(sizes[k - 1]):
+            for j in range(sizes[k]):
+                if g[i, j] > 0:
+                    body.append(f"R{k}_{i}_{j} {node_name(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
+    if circuit.has_bias:
+        vb = circuit.bias_voltage_v
+        body += ["", f"* ---- bias: conductances to the +{num(vb)} V / -{num(vb)} V rails ----",
+                 f"VBP vbp 0 DC {num(vb)}", f"VBM vbm 0 DC {num(-vb)}"]
+        for k in range(1, m + 1):
+            for rail, gs in (("vbp", circuit.bias_pos[k - 1]), ("vbm", circuit.bias_neg[k - 1])):
+                for j, g in enumerate(gs):
+                    if g > 0:
+                        body.append(f"RB{k}_{rail[-1]}{j} {node_name(k, j)} {rail} {num(1.0 / g)}")
+    for k in range(1, m + 1):
+        nl = circuit.layer_nonlinearity(k)
+        if nl is not None:
+            body += [""] + _nonlinearity_cards(k, sizes[k], nl, circuit.gmin_s, models)
+    body += ["", f"* ---- nudge on the {sizes[-1]} output nodes: current into each node (0 A in the free phase) ----"]
+    i_n = np.zeros(sizes[-1]) if nudge_currents_a is None else np.asarray(nudge_currents_a, dtype=np.float64).reshape(-1)
+    for j in range(sizes[-1]):
+        body.append(f"{nudge_source_name(j).upper()} 0 {node_name(m, j)} DC {num(i_n[j])}")
+    if nudge_conductance_s > 0:
+        y = np.asarray(nudge_target_v, dtype=np.float64).reshape(-1)
+        body.append(f"* resistive nudge: conductance {num(nudge_conductance_s)} S from each output to its target")
+        for j in range(sizes[-1]):
+            body.append(f"RNUDGE{j} {node_name(m, j)} ynudge{j} {num(1.0 / nudge_conductance_s)}")
+            body.append(f"{target_source_name(j).upper()} ynudge{j} 0 DC {num(y[j])}")
+
+    if models.cards:
+        out.append("* ---- device models and subcircuits (from circuits/ffebm.lib) ----")
+        out += models.cards
+        out.append("")
+    out += body
+    if control:
+        out += ["", ".control", "set numdgt=17", "op", "print all", ".endc"]
+    out += ["", ".end", ""]
+    return "\n".join(out)
+
+
+def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, gmin: float, models: _Models) -> list[str]:
+    lines = [f"* ---- layer {k} nonlinearity: {nl.kind} ----"]
+    if nl.kind == "pwl":
+        sub = models.table(nl.table)
+        lines += [f"X{k}_{j} {node_name(k, j)} {sub}" for j in range(n)]
+        return lines
+    d = nl.emitted_diode
+    if nl.kind == "ideal":
+        lines.append(f"* ideal diodes approximated by a steep junction (IS={num(d.saturation_current_a)} A, "
+                     f"N={num(d.emission_coefficient)}); the reference solver's hard clip at +-{num(nl.v_off_v)} V")
+        lines.append("* differs from this deck by about the junction's forward drop (tested in tests/test_agreement.py)")
+    lines += [f"VHI{k} vhi{k} 0 DC {num(nl.v_off_v)}", f"VLO{k} vlo{k} 0 DC {num(-nl.v_off_v)}"]
+    up, down = nl.clamps_up(n), nl.clamps_down(n)
+    both = models.diode(d, gmin, "clamp_double") if (up & down).any() else None
+    only_up = models.diode(d, gmin, "clamp_up") if (up & ~down).any() else None
+    only_down = models.diode(d, gmin, "clamp_down") if (~up & down).any() else None
+    for j in range(n):
+        if up[j] and down[j]:
+            lines.append(f"X{k}_{j} {node_name(k, j)} vhi{k} vlo{k} {both}")
+        elif up[j]:
+            lines.append(f"X{k}_{j} {node_name(k, j)} vhi{k} {only_up}")
+        elif down[j]:
+            lines.append(f"X{k}_{j} {node_name(k, j)} vlo{k} {only_down}")
+    return lines

@@ -1,0 +1,111 @@
+"""Cross-check the backends on one block: the agreement a designer can trust.
+
+``verify_block`` draws seeded random inputs (uniform in [-1, 1]) and, with
+``nudge``, random output nudges, then solves the same circuit three ways:
+
+* ``reference``: the torch solver on the circuit the deck describes (for
+  ``ideal`` layers: the steep junctions actually emitted);
+* ``ngspice-physical``: libngspice on the physical deck;
+* ``ngspice-reduced``: libngspice on the Norton-reduced deck;
+
+and reports the largest node-voltage difference over every pair. For blocks
+with ``ideal`` layers it also reports how far the hard clip (the reference's
+ideal-diode limit) is from the emitted steep junctions.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .backends import Nudge, ReferenceBackend
+from .circuit import BlockCircuit
+
+#: The agreement ``ffebm verify`` requires between any two solvers, volts.
+AGREEMENT_TOLERANCE_V = 1e-9
+
+
+def nudge_scale_a(circuit: BlockCircuit, volts: float = 0.1) -> float:
+    """A current that moves an output node by about ``volts``: mean output conductance times volts."""
+    g_out = np.asarray(circuit.conductances[-1]).sum(0).mean()
+    return float(volts * g_out)
+
+
+def random_nudge(circuit: BlockCircuit, batch: int, rng: np.random.Generator) -> Nudge:
+    """Random output nudge of the circuit's mode, scaled to move outputs by ~0.1 V."""
+    if circuit.nudge == "resistive":
+        g = float(np.asarray(circuit.conductances[-1]).sum(0).mean())
+        return Nudge(conductance_s=g, target_v=torch.from_numpy(rng.uniform(-1, 1, (batch, circuit.n_outputs))))
+    return Nudge(currents_a=torch.from_numpy(rng.normal(0, nudge_scale_a(circuit), (batch, circuit.n_outputs))))
+
+
+def verify_block(circuit: BlockCircuit, samples: int = 20, nudge: bool = False, seed: int = 0,
+                 include_ngspice: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    inputs = torch.from_numpy(rng.uniform(-1.0, 1.0, (samples, circuit.n_inputs)))
+    phases = {"free": None}
+    if nudge:
+        phases["nudged"] = random_nudge(circuit, samples, rng)
+    solvers = {"reference": ReferenceBackend(ideal_as_clip=False)}
+    if include_ngspice:
+        from .backends.ngspice import NgspiceBackend
+        solvers["ngspice-physical"] = NgspiceBackend(reduced=False)
+        solvers["ngspice-reduced"] = NgspiceBackend(reduced=True)
+    max_dv = max_di = 0.0
+    failures: list[str] = []
+    per_phase = {}
+    conducting = 0.0
+    emitted = circuit.as_emitted()
+    for phase, nudge_elems in phases.items():
+        results = {name: s.solve(emitted, inputs, nudge_elems) for name, s in solvers.items()}
+        for name, eq in results.items():
+            failures += [f"{name} {phase} sample {b}: {m}" for b, m in enumerate(eq.messages) if m]
+        dv = di = 0.0
+        for (_, a), (_, b) in itertools.combinations(results.items(), 2):
+            dv = max(dv, float((a.node_voltages_v - b.node_voltages_v).abs().max()))
+            di = max(di, float((a.source_currents_a - b.source_currents_a).abs().max()))
+        per_phase[phase] = {"max_abs_dv_volts": dv, "max_abs_di_amps": di}
+        max_dv, max_di = max(max_dv, dv), max(max_di, di)
+        conducting = max(conducting, _conducting_fraction(emitted, results["reference"].node_voltages_v))
+    report = {
+        "block": circuit.name,
+        "layers": list(circuit.layer_sizes),
+        "samples": samples,
+        "phases": list(phases),
+        "backends": list(solvers),
+        "max_abs_dv_volts": max_dv if not failures else float("nan"),
+        "max_abs_di_amps": max_di if not failures else float("nan"),
+        "per_phase": per_phase,
+        "tolerance_volts": AGREEMENT_TOLERANCE_V,
+        "nonlinear_active_fraction": conducting,
+        "failures": failures[:10],
+    }
+    if circuit.has_ideal:
+        clip = ReferenceBackend(ideal_as_clip=True)
+        steep = ReferenceBackend(ideal_as_clip=False)
+        report["ideal_vs_emitted_dv_volts"] = max(
+            float((clip.solve(circuit, inputs, n).node_voltages_v - steep.solve(emitted, inputs, n).node_voltages_v).abs().max())
+            for n in phases.values())
+    report["ok"] = not failures and max_dv <= AGREEMENT_TOLERANCE_V
+    return report
+
+
+def _conducting_fraction(circuit: BlockCircuit, volts: torch.Tensor, threshold_a: float = 1e-7) -> float:
+    """Share of (sample, nonlinear element) pairs carrying more than ``threshold_a``:
+    is the nonlinearity exercised at all? (Diodes: forward current; tables: |current|.)"""
+    from .backends.reference import build_network
+    from .devices import diode_current, pwl_current_and_conductance
+    net = build_network(circuit, ideal_as_clip=False)
+    on = total = 0
+    for g in net.diodes:
+        x = volts[:, g.nodes]
+        vd = x - g.rail_v if g.upward else g.rail_v - x
+        on += int((diode_current(vd, g.model) > threshold_a).sum())
+        total += vd.numel()
+    for g in net.pwls:
+        i, _ = pwl_current_and_conductance(volts[:, g.nodes], g.table)
+        on += int((i.abs() > threshold_a).sum())
+        total += i.numel()
+    return on / total if total else 0.0
