@@ -267,6 +267,34 @@ class BlockCircuit:
     def has_ideal(self) -> bool:
         return any(nl is not None and nl.kind == "ideal" for nl in (*self.hidden, self.output))
 
+    def floating_nodes(self) -> list[str]:
+        """Free nodes that nothing conducts to: no resistor, no bias, no junction, no sloped table.
+
+        Their voltage is undefined (a singular circuit matrix); solvers refuse them.
+        """
+        total = np.zeros(self.n_free)
+        g1 = self.conductances[0]
+        total[self.layer_slice(1)] += g1.sum(0)
+        for k in range(2, self.depth + 1):
+            g = self.conductances[k - 1]
+            total[self.layer_slice(k - 1)] += g.sum(1)
+            total[self.layer_slice(k)] += g.sum(0)
+        if self.has_bias:
+            for k in range(1, self.depth + 1):
+                total[self.layer_slice(k)] += self.bias_pos[k - 1] + self.bias_neg[k - 1]
+        for k in range(1, self.depth + 1):
+            nl = self.layer_nonlinearity(k)
+            if nl is None:
+                continue
+            if nl.kind == "pwl":
+                anchored = any(b > a for a, b in zip(nl.table.currents_a, nl.table.currents_a[1:]))
+                total[self.layer_slice(k)] += float(anchored)
+            else:
+                n = self.layer_sizes[k]
+                total[self.layer_slice(k)] += (nl.clamps_up(n) | nl.clamps_down(n)).astype(float)
+        names = free_node_names(self)
+        return [names[i] for i in np.flatnonzero(total <= 0)]
+
     def with_conductances(self, conductances: Sequence, bias_pos=None, bias_neg=None) -> "BlockCircuit":
         """A copy with new conductances (and bias conductances, when given)."""
         return replace(self, conductances=tuple(conductances),

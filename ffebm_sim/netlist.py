@@ -15,7 +15,7 @@ Plain SPICE3 cards: R, D, V, I, B, X with ``.subckt`` from ``circuits/ffebm.lib`
 (inlined so the deck runs alone) and ``.model`` cards from the circuit's
 device parameters. With ``control=True`` a ``.control`` block runs ``op`` and
 ``print all`` so ``ngspice -b deck.cir`` prints every node voltage and source
-current; backends load the deck without it and drive the analysis themselves.
+current (17 digits) and exits 0; backends load the deck without it and drive the analysis themselves.
 
 Element names (a backend alters them, so they are written once here):
 ``vxp<i>``/``vxm<i>`` input sources, ``in1_<j>`` Norton currents (reduced),
@@ -106,7 +106,7 @@ class _Models:
         text = self.library[base]
         for old, new in replacements.items():
             text = text.replace(old, new)
-        lines = text.splitlines()
+        lines = [line.rstrip() for line in text.splitlines()]
         lines[0] = lines[0].replace(f".subckt {base}", f".subckt {name}", 1)
         lines[-1] = f".ends {name}"
         self.cards.append("\n".join(lines))
@@ -203,7 +203,8 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
         out.append("")
     out += body
     if control:
-        out += ["", ".control", "set numdgt=17", "op", "print all", ".endc"]
+        # In batch mode (ngspice -b) leave with status 0 once printed; interactively, stay.
+        out += ["", ".control", "set numdgt=17", "op", "print all", "if $?batchmode", "  quit 0", "end", ".endc"]
     out += ["", ".end", ""]
     return "\n".join(out)
 

@@ -178,6 +178,12 @@ class NgspiceBackend(Backend):
         volts = np.full((B, circuit.n_free), np.nan)
         currents = np.full((B, 2 * n0), np.nan)
         messages = []
+        floating = circuit.floating_nodes()
+        if floating:
+            message = (f"ngspice: node {floating[0]} floats (no conductance connects it; "
+                       f"{len(floating)} such nodes); give it a non-zero conductance")
+            return Equilibrium(torch.from_numpy(volts), torch.from_numpy(currents),
+                               torch.zeros(B, dtype=torch.bool), (message,) * B, 0)
         with s.lock:
             try:
                 s.load(self.deck_for(emitted, nudge))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..circuit import BlockCircuit
+from ..circuit import BlockCircuit, free_node_names
 from ..devices import DiodeModel, diode_cocontent, diode_current_and_conductance, pwl_cocontent, pwl_current_and_conductance
 from .base import Backend, Equilibrium, Nudge, check_batch, source_voltages
 
@@ -189,10 +189,20 @@ class ReferenceBackend(Backend):
                 L[idx, idx] += nudge.conductance_s
                 b[:, net.out_slice] += nudge.conductance_s * torch.as_tensor(nudge.target_v, dtype=DTYPE)
         x, converged, iterations, residual = self._newton(net, L, b)
-        messages = tuple("" if c else
-                         f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
-                         "check for floating nodes (all conductances of a node zero) or raise max_iterations"
-                         for c, r in zip(converged.tolist(), residual.tolist()))
+        messages = [("" if c else f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
+                     "raise max_iterations or check the conductances")
+                    for c, r in zip(converged.tolist(), residual.tolist())]
+        # A node with no conductance at all (and no junction GMIN) floats: no unique answer.
+        _, df, _ = _nonlinear(net, x)
+        floating = (torch.diagonal(L) + df) <= 0
+        if floating.any():
+            names = free_node_names(circuit)
+            for k in floating.any(1).nonzero().flatten().tolist():
+                node = names[int(floating[k].nonzero()[0])]
+                messages[k] = (f"reference: node {node} floats (no conductance connects it); "
+                               "give it a non-zero conductance")
+            converged = converged & ~floating.any(1)
+        messages = tuple(messages)
         layer1 = x[:, circuit.layer_slice(1)]
         # delivered current of source s: sum_j G1[s, j] * (v_s - x_j)
         src = v_src * net.g_in.sum(1) - layer1 @ net.g_in.T

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+import torch
+
+from ffebm_sim.circuit import BlockCircuit, Nonlinearity
+from ffebm_sim.devices import DiodeModel, PwlTable
+
+SCHOTTKY = DiodeModel(saturation_current_a=1e-8, emission_coefficient=1.0)
+TABLE = PwlTable((-0.5, -0.1, 0.1, 0.5), (-2e-4, 0.0, 0.0, 2e-4))
+
+
+def make_block(sizes, kind="double", seed=0, gain=2.0, bias=False, output=None, nudge="current", v_off=0.0):
+    """A random block whose nonlinear elements conduct for inputs in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    shapes = [(2 * sizes[0], sizes[1])] + [(sizes[k - 1], sizes[k]) for k in range(2, len(sizes))]
+    gs = [rng.uniform(0, 1e-4, s) for s in shapes]
+    nl = Nonlinearity(kind, v_off, SCHOTTKY if kind in ("double", "single") else None,
+                      TABLE if kind == "pwl" else None)
+    kw = {}
+    if bias:
+        kw = dict(bias_pos=[rng.uniform(0, 2e-5, n) for n in sizes[1:]],
+                  bias_neg=[rng.uniform(0, 2e-5, n) for n in sizes[1:]])
+    return BlockCircuit(tuple(sizes), tuple(gs), (nl,) * (len(sizes) - 2), output, gain, nudge=nudge,
+                        name=f"test_{kind}", **kw)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def random_inputs(circuit, batch, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (batch, circuit.n_inputs)))

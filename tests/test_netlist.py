@@ -1,0 +1,118 @@
+"""Emitted decks: golden files, standalone runs with the ngspice program, and the cards themselves."""
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from ffebm_sim.backends import ReferenceBackend
+from ffebm_sim.circuit import free_node_names
+from ffebm_sim.examples import REGENERATE, block_specs, golden_decks
+from ffebm_sim.netlist import emit_deck
+from ffebm_sim.spec import load_block
+
+from conftest import make_block
+
+GOLDEN = golden_decks()
+
+
+def test_every_example_spec_has_golden_decks():
+    names = {p.stem for p in block_specs()}
+    assert {"block_small", "block_single", "block_ideal", "block_pwl"} <= names
+    assert len(GOLDEN) == 2 * len(names)
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN), ids=lambda p: p.name)
+def test_golden_deck_is_current(path):
+    assert path.exists(), f"{path.name} is missing; regenerate the golden decks with '{REGENERATE}'"
+    want = GOLDEN[path].splitlines()
+    have = path.read_text().splitlines()
+    for k, (a, b) in enumerate(zip(have, want)):
+        assert a == b, f"{path.name}:{k + 1} is stale:\n  file: {a}\n  code: {b}\nregenerate with '{REGENERATE}'"
+    assert len(have) == len(want), f"{path.name} is stale (length); regenerate with '{REGENERATE}'"
+
+
+def _run_ngspice(deck_path):
+    out = subprocess.run(["ngspice", "-b", str(deck_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    values = dict(re.findall(r"^(\S+) = (\S+)$", out.stdout, flags=re.M))
+    return {k: float(v) for k, v in values.items()}
+
+
+@pytest.mark.skipif(shutil.which("ngspice") is None, reason="the ngspice program is not installed")
+@pytest.mark.parametrize("stem", ["block_single", "block_ideal", "block_pwl", "block_small"])
+@pytest.mark.parametrize("reduced", [False, True], ids=["physical", "reduced"])
+def test_standalone_deck_runs_in_ngspice_and_matches_reference(tmp_path, stem, reduced):
+    """The deck a designer gets runs as is with `ngspice -b` and prints every node voltage."""
+    circuit = load_block(f"circuits/{stem}.toml")
+    u = np.random.default_rng(7).uniform(-1, 1, circuit.n_inputs)
+    deck = tmp_path / f"{stem}.cir"
+    deck.write_text(emit_deck(circuit, u, reduced=reduced))
+    printed = _run_ngspice(deck)
+    ref = ReferenceBackend(ideal_as_clip=False).solve(circuit.as_emitted(), torch.from_numpy(u[None]))
+    names = free_node_names(circuit)
+    assert set(names) <= set(printed), "ngspice -b did not print every node voltage"
+    got = np.array([printed[n] for n in names])
+    np.testing.assert_allclose(got, ref.node_voltages_v[0].numpy(), rtol=0, atol=1e-9)
+
+
+def test_deck_structure_line_by_line():
+    """A 1-input, 1-hidden, 1-output double-diode block, card by card."""
+    c = make_block((1, 1, 1), kind="double", seed=0, gain=2.0)
+    g1, g2 = c.conductances
+    deck = emit_deck(c, [0.5], control=False).splitlines()
+    cards = [line for line in deck if line and not line.startswith("*")]
+    assert cards == [
+        ".options reltol=1e-9 vntol=1e-12 abstol=1e-15 gmin=1e-12",
+        ".options temp=27 tnom=27",
+        ".model dclamp0 D(IS=1e-08 N=1.0)",
+        ".subckt clamp_double0 node hi lo",
+        "D_up node hi dclamp0",
+        "D_dn lo node dclamp0",
+        ".ends clamp_double0",
+        "VXP0 xp0 0 DC 1.0",
+        "VXM0 xm0 0 DC -1.0",
+        f"R1_xp0_0 xp0 n1_0 {float(1 / g1[0, 0])!r}",
+        f"R1_xm0_0 xm0 n1_0 {float(1 / g1[1, 0])!r}",
+        f"R2_0_0 n1_0 n2_0 {float(1 / g2[0, 0])!r}",
+        "VHI1 vhi1 0 DC 0.0",
+        "VLO1 vlo1 0 DC -0.0",
+        "X1_0 n1_0 vhi1 vlo1 clamp_double0",
+        "INUDGE0 0 n2_0 DC 0.0",
+        ".end",
+    ]
+
+
+def test_reduced_deck_replaces_sources_by_norton_equivalent():
+    c = make_block((2, 1, 1), kind="double", seed=0, gain=2.0)
+    g1 = np.asarray(c.conductances[0])
+    u = np.array([0.5, -0.25])
+    deck = emit_deck(c, u, reduced=True, control=False)
+    assert "VXP0" not in deck and "R1_xp0" not in deck
+    v = np.concatenate([2 * u, -2 * u])
+    assert f"RN1_0 n1_0 0 {float(1 / g1[:, 0].sum())!r}" in deck
+    assert f"IN1_0 0 n1_0 DC {float(v @ g1[:, 0])!r}" in deck
+
+
+def test_zero_conductance_is_an_open_circuit_not_a_card():
+    c = make_block((2, 2, 1), kind="double", seed=0)
+    g = [np.array(x) for x in c.conductances]
+    g[1][0, 0] = 0.0
+    deck = emit_deck(c.with_conductances(g), control=False)
+    assert "R2_0_0 " not in deck and "R2_1_0 " in deck
+
+
+def test_pwl_table_spans_continuation_lines():
+    from ffebm_sim.circuit import BlockCircuit, Nonlinearity
+    from ffebm_sim.devices import PwlTable
+    v = tuple(np.linspace(-1, 1, 11))
+    nl = Nonlinearity("pwl", table=PwlTable(v, tuple(1e-4 * x ** 3 for x in v)))
+    c = BlockCircuit((1, 1, 1), (np.full((2, 1), 1e-4), np.full((1, 1), 1e-4)), (nl,))
+    lines = emit_deck(c, control=False).splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("B_iv"))
+    assert lines[start].endswith("pwl(v(node),")
+    assert lines[start + 1].startswith("+ ") and lines[start + 3].endswith(")")
+    assert max(len(line) for line in lines) < 200
