@@ -129,6 +129,44 @@ def verify(spec, samples, nudge, seed, as_json):
         raise _Exit(1)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", default="reference", show_default=True, help=f"Backend for EP: {', '.join(BACKENDS)}.")
+@click.option("--beta", type=float, default=None, help="EP nudge amplitude in volts (default: the spec's, 1e-3 V).")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=32, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--data", type=click.Choice(["digits", "mnist-5k"]), default=None,
+              help="Batch source (default: by the model's input size).")
+@click.option("--one-sided", is_flag=True, help="One-sided EP (+beta only) instead of centered.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="PNG: error against a sweep of beta, centered and one-sided.")
+def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot):
+    """EP gradient vs the exact implicit gradient for every parameter tensor, on one batch."""
+    from .gradcheck import beta_sweep, gradcheck as run, plot_sweep
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise SpecError(f"--beta: {beta!r}; the nudge amplitude in volts, a finite number > 0")
+    if plot and not Path(plot).parent.exists():
+        raise SpecError(f"--plot: {Path(plot).parent}: no such directory; create it first")
+    report = run(model, backend=backend, beta_v=beta, batch=batch, seed=seed, data=data, centered=not one_sided)
+    if plot:
+        sweep = beta_sweep(model, backend, np.logspace(-6, -0.5, 12), batch=batch, seed=seed, data=data)
+        tmp = Path(plot).with_name(f".{Path(plot).name}.tmp.png")
+        plot_sweep(sweep, tmp, f"{report['model']}: EP ({backend}) vs implicit gradient, batch {batch}")
+        tmp.replace(plot)
+        report["sweep"] = sweep
+    if as_json:
+        click.echo(_json(report))
+    else:
+        click.echo(f"{report['model']} on {report['data']}, batch {batch}, EP on {backend} "
+                   f"({'centered' if not one_sided else 'one-sided'}, beta {report['beta_v']} V) vs implicit:")
+        for r in report["tensors"]:
+            click.echo(f"  {r['name']:<24s} {str(r['shape']):<12s} cosine {r['cosine']:.9f}  rel_error {r['rel_error']:.2e}")
+        click.echo(f"min cosine {report['min_cosine']:.9f}, max rel error {report['max_rel_error']:.2e}: "
+                   f"{'PASS' if report['ok'] else 'FAIL'}")
+    if not report["ok"]:
+        raise _Exit(1)
+
+
 def main(argv=None) -> int:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     from .backends.ngspice import NgspiceUnavailable

@@ -190,7 +190,7 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     i_n = np.zeros(sizes[-1]) if nudge_currents_a is None else np.asarray(nudge_currents_a, dtype=np.float64).reshape(-1)
     for j in range(sizes[-1]):
         body.append(f"{nudge_source_name(j).upper()} 0 {node_name(m, j)} DC {num(i_n[j])}")
-    if nudge_conductance_s > 0:
+    if nudge_conductance_s != 0:
         y = np.asarray(nudge_target_v, dtype=np.float64).reshape(-1)
         body.append(f"* resistive nudge: conductance {num(nudge_conductance_s)} S from each output to its target")
         for j in range(sizes[-1]):

@@ -18,6 +18,7 @@ negates it (:func:`delivered_from_branch_current`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,9 @@ class Nudge:
         currents_a: ``(B, n_out)`` current injected *into* each output node (A);
             EP's nudge is ``-beta * dL/dV_out``.
         conductance_s: for the resistive nudge, a conductance (S) from each output
-            node to a source at ``target_v``; 0 means none.
+            node to a source at ``target_v``; 0 means none. Negative values are
+            the mirror (-beta) phase of centered EP: small against the node's
+            own conductance, the circuit stays well posed.
         target_v: ``(B, n_out)`` target voltages of the resistive nudge (V).
     """
 
@@ -43,9 +46,9 @@ class Nudge:
     target_v: torch.Tensor | None = None
 
     def __post_init__(self):
-        if self.conductance_s < 0:
-            raise SpecError(f"nudge conductance: {self.conductance_s!r} is negative; siemens, >= 0")
-        if self.conductance_s > 0 and self.target_v is None:
+        if not math.isfinite(self.conductance_s):
+            raise SpecError(f"nudge conductance: {self.conductance_s!r} is not finite; siemens")
+        if self.conductance_s != 0 and self.target_v is None:
             raise SpecError("nudge: a resistive nudge needs target voltages")
 
 

@@ -163,7 +163,7 @@ class NgspiceBackend(Backend):
     def deck_for(self, circuit: BlockCircuit, nudge: Nudge | None) -> str:
         g = nudge.conductance_s if nudge is not None else 0.0
         return emit_deck(circuit, reduced=self.reduced, control=False, nudge_conductance_s=g,
-                         nudge_target_v=np.zeros(circuit.n_outputs) if g > 0 else None)
+                         nudge_target_v=np.zeros(circuit.n_outputs) if g != 0 else None)
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
         u = check_batch(circuit, inputs, nudge)
@@ -204,7 +204,7 @@ class NgspiceBackend(Backend):
                 else:
                     for j in range(circuit.n_outputs):
                         s.set_dc(nudge_source_name(j), 0.0)
-                if nudge is not None and nudge.conductance_s > 0:
+                if nudge is not None and nudge.conductance_s != 0:
                     for j, y in enumerate(nudge.target_v[b].tolist()):
                         s.set_dc(target_source_name(j), y)
                 failure = s.op()

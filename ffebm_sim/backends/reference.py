@@ -183,7 +183,7 @@ class ReferenceBackend(Backend):
         if nudge is not None:
             if nudge.currents_a is not None:
                 b[:, net.out_slice] += torch.as_tensor(nudge.currents_a, dtype=DTYPE)
-            if nudge.conductance_s > 0:
+            if nudge.conductance_s != 0:
                 L = L.clone()
                 idx = torch.arange(net.out_slice.start, net.out_slice.stop)
                 L[idx, idx] += nudge.conductance_s

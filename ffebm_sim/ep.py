@@ -1,0 +1,220 @@
+"""Gradients through one energy block: equilibrium propagation and the exact implicit gradient.
+
+Both return the same :class:`BlockGradients` for a loss ``L`` whose gradient
+with respect to the output voltages is ``delta = dL/dV_out`` (per sample).
+
+**Equilibrium propagation** (DESIGN.md section 3). The block's energy depends
+on a conductance only through the voltage drop across it:
+``dE/dG_ij = (V_i - V_j)**2 / 2``; on a bias conductance to rail ``V_r``:
+``(V_j - V_r)**2 / 2``; on a source voltage: the current the source delivers
+into the network. Nudging sample ``b`` with the current ``-beta_b*delta_b``
+into the output nodes and differencing these partials gives
+
+    centered:   dL/dtheta ~= sum_b (dE/dtheta(+beta_b) - dE/dtheta(-beta_b)) / (2*beta_b)
+    one-sided:  dL/dtheta ~= sum_b (dE/dtheta(+beta_b) - dE/dtheta(0)) / beta_b
+
+and for the doubled input ``dL/du_i = a*(dL/dV(+i) - dL/dV(-i))``. Centered
+EP errs by O(beta**2), one-sided by O(beta).
+
+**Choice of beta.** ``beta_v`` is a voltage: sample ``b`` gets
+``beta_b = beta_v * g_out / max_j |delta_bj|`` (A*V), with ``g_out`` the mean
+total conductance at an output node, so the largest nudge current
+``beta_b*|delta|`` moves an output node by about ``beta_v`` volts whatever the
+loss scale. Default 1e-3 V: four decades above the solvers' ~1e-13 V
+precision (noise ~1e-10 relative) and small enough that the O(beta**2) bias
+stays near 1e-6 relative on the example blocks (see ``ffebm gradcheck --plot``).
+
+**Resistive nudge** (MSE with targets ``y`` on the last block): a conductance
+``+-beta_s`` from each output to a source at ``y`` adds ``beta_s*l_b`` with
+``l_b = ||V_b - y_b||**2 / 2`` to the energy, so the same differences divided
+by ``2*beta_s`` give ``dl_b/dtheta``; ``beta_s = beta_v * g_out / max|V - y|``.
+
+**Implicit gradient** (the reference, "BP" for this circuit): at the
+equilibrium the KCL residual ``r(x, theta) = 0``; with ``J = dr/dx`` (symmetric)
+and the adjoint ``lambda = J^{-1} dL/dx``, ``dL/dtheta = -lambda^T dr/dtheta``.
+Nodes held at an ideal clip's bound do not move (``lambda = 0`` there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backends.base import Backend, Equilibrium, Nudge, source_voltages
+from .backends.reference import DTYPE, _nonlinear, build_network
+from .circuit import BlockCircuit
+
+DEFAULT_BETA_V = 1e-3
+
+
+@dataclass
+class BlockGradients:
+    """dL/d(parameters) summed over the batch, and dL/d(inputs) per sample.
+
+    ``conductances`` in 1/S (per siemens), ``inputs`` per unit input.
+    """
+
+    conductances: list[torch.Tensor]
+    bias_pos: list[torch.Tensor] | None
+    bias_neg: list[torch.Tensor] | None
+    inputs: torch.Tensor
+    solves: int = 0
+    failures: int = 0
+
+
+class SolveFailed(RuntimeError):
+    """An equilibrium did not converge; the message names the block, phase and sample."""
+
+
+def output_conductance_s(circuit: BlockCircuit) -> float:
+    """Mean total conductance at an output node (S): the scale that turns volts into nudge currents."""
+    g = np.asarray(circuit.conductances[-1]).sum(0).mean()
+    if circuit.has_bias:
+        g += float(np.mean(circuit.bias_pos[-1] + circuit.bias_neg[-1]))
+    return float(max(g, 1e-30))
+
+
+def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium):
+    """Per-sample dE/dtheta at an equilibrium: voltage drops squared / 2, and source currents."""
+    x = eq.node_voltages_v
+    v_src = source_voltages(circuit, inputs)
+    layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
+    d_g = [0.5 * (layers[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, circuit.depth + 1)]
+    d_bp = d_bn = None
+    if circuit.has_bias:
+        vb = circuit.bias_voltage_v
+        d_bp = [0.5 * (layers[k] - vb) ** 2 for k in range(1, circuit.depth + 1)]
+        d_bn = [0.5 * (layers[k] + vb) ** 2 for k in range(1, circuit.depth + 1)]
+    return d_g, d_bp, d_bn, eq.source_currents_a
+
+
+def _check(eq: Equilibrium, circuit: BlockCircuit, phase: str) -> None:
+    if not eq.ok:
+        b = int((~eq.converged).nonzero()[0])
+        raise SolveFailed(f"block '{circuit.name}', {phase} phase, sample {b}: {eq.messages[b]}")
+
+
+def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, free: Equilibrium,
+                 delta: torch.Tensor | None = None, *, targets: torch.Tensor | None = None,
+                 sample_weights: torch.Tensor | None = None, beta_v: float = DEFAULT_BETA_V,
+                 centered: bool = True) -> BlockGradients:
+    """EP estimate of the gradient (see the module docstring).
+
+    Give ``delta`` (B, n_out) for the current nudge, or ``targets`` (B, n_out)
+    for the resistive nudge of the loss ``sum_b w_b * ||V_b - y_b||**2 / 2``
+    with ``sample_weights`` ``w_b`` (default 1).
+    """
+    inputs = inputs.to(DTYPE)
+    B = inputs.shape[0]
+    g_out = output_conductance_s(circuit)
+    if targets is None:
+        delta = delta.to(DTYPE)
+        scale = delta.abs().amax(1)
+        active = scale > 0                                   # samples with no error need no nudge
+        beta = torch.where(active, beta_v * g_out / torch.where(active, scale, torch.ones_like(scale)),
+                           torch.ones_like(scale))
+
+        def nudge(sign: float, idx) -> Nudge:
+            return Nudge(currents_a=-sign * beta[idx, None] * delta[idx])
+        weights = torch.ones(B, dtype=DTYPE)
+    else:
+        targets = targets.to(DTYPE)
+        err = (free.output_voltages(circuit) - targets).abs().amax()
+        beta_s = beta_v * g_out / float(max(err, 1e-12))
+        active = torch.ones(B, dtype=torch.bool)
+        beta = torch.full((B,), beta_s, dtype=DTYPE)
+
+        def nudge(sign: float, idx) -> Nudge:
+            return Nudge(conductance_s=sign * beta_s, target_v=targets[idx])
+        weights = torch.ones(B, dtype=DTYPE) if sample_weights is None else sample_weights.to(DTYPE)
+
+    idx = active.nonzero().flatten()
+    zero_grads = BlockGradients([torch.zeros(g.shape, dtype=DTYPE) for g in circuit.conductances],
+                                None if not circuit.has_bias else [torch.zeros(b.shape, dtype=DTYPE) for b in circuit.bias_pos],
+                                None if not circuit.has_bias else [torch.zeros(b.shape, dtype=DTYPE) for b in circuit.bias_neg],
+                                torch.zeros_like(inputs))
+    if len(idx) == 0:
+        return zero_grads
+    u = inputs[idx]
+    plus = backend.solve(circuit, u, nudge(+1.0, idx))
+    _check(plus, circuit, "+beta nudged")
+    if centered:
+        minus = backend.solve(circuit, u, nudge(-1.0, idx))
+        _check(minus, circuit, "-beta nudged")
+        denom = 2.0 * beta[idx]
+    else:
+        minus = Equilibrium(free.node_voltages_v[idx], free.source_currents_a[idx], free.converged[idx])
+        denom = beta[idx]
+    p, m = energy_partials(circuit, u, plus), energy_partials(circuit, u, minus)
+    w = (weights[idx] / denom)
+
+    def combine(a, b):
+        return (w.view(-1, *([1] * (a.dim() - 1))) * (a - b)).sum(0)
+
+    out = zero_grads
+    out.conductances = [combine(a, b) for a, b in zip(p[0], m[0])]
+    if circuit.has_bias:
+        out.bias_pos = [combine(a, b) for a, b in zip(p[1], m[1])]
+        out.bias_neg = [combine(a, b) for a, b in zip(p[2], m[2])]
+    d_vsrc = w[:, None] * (p[3] - m[3])                       # dL/dV_src per sample
+    n0 = circuit.n_inputs
+    out.inputs[idx] = circuit.input_gain_v * (d_vsrc[:, :n0] - d_vsrc[:, n0:])
+    out.solves = (2 if centered else 1) * len(idx)
+    return out
+
+
+def kcl_residual(circuit: BlockCircuit, conductances, bias_pos, bias_neg, x: torch.Tensor,
+                 v_src: torch.Tensor) -> torch.Tensor:
+    """The linear (parameter-dependent) part of the KCL residual, differentiable in every argument.
+
+    Current leaving each free node through resistors and bias conductances (A);
+    the nonlinear elements do not depend on the parameters and are left out.
+    """
+    layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
+    r = [torch.zeros_like(layers[k]) for k in range(circuit.depth + 1)]
+    for k in range(1, circuit.depth + 1):
+        g = conductances[k - 1]
+        r[k] = r[k] + layers[k] * g.sum(0) - layers[k - 1] @ g
+        if k >= 2:
+            r[k - 1] = r[k - 1] + layers[k - 1] * g.sum(1) - layers[k] @ g.T
+    if bias_pos is not None:
+        vb = circuit.bias_voltage_v
+        for k in range(1, circuit.depth + 1):
+            r[k] = r[k] + layers[k] * (bias_pos[k - 1] + bias_neg[k - 1]) - (bias_pos[k - 1] - bias_neg[k - 1]) * vb
+    return torch.cat(r[1:], dim=1)
+
+
+def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equilibrium,
+                       delta: torch.Tensor) -> BlockGradients:
+    """Exact dL/dtheta of the circuit at the (reference) equilibrium ``free``."""
+    inputs = inputs.to(DTYPE)
+    x = free.node_voltages_v.to(DTYPE)
+    net = build_network(circuit, ideal_as_clip=True)
+    _, df, _ = _nonlinear(net, x)
+    B, N = x.shape
+    J = net.laplacian + torch.diag_embed(df)
+    g = torch.zeros(B, N, dtype=DTYPE)
+    g[:, net.out_slice] = delta.to(DTYPE)
+    if net.has_bounds:
+        held = (x >= net.upper) | (x <= net.lower)
+        keep = (~held).to(DTYPE)
+        J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
+        g = g * keep
+    lam = torch.linalg.solve(J, g.unsqueeze(-1)).squeeze(-1)
+    params = [torch.tensor(np.array(c), dtype=DTYPE, requires_grad=True) for c in circuit.conductances]
+    bp = bn = None
+    if circuit.has_bias:
+        bp = [torch.tensor(np.array(c), dtype=DTYPE, requires_grad=True) for c in circuit.bias_pos]
+        bn = [torch.tensor(np.array(c), dtype=DTYPE, requires_grad=True) for c in circuit.bias_neg]
+    with torch.enable_grad():       # also when called from an autograd backward
+        u = inputs.clone().requires_grad_(True)
+        r = kcl_residual(circuit, params, bp, bn, x, source_voltages(circuit, u))
+        leaves = params + (bp or []) + (bn or []) + [u]
+        grads = torch.autograd.grad(-(lam * r).sum(), leaves)
+    m = circuit.depth
+    return BlockGradients(list(grads[:m]),
+                          list(grads[m:2 * m]) if bp else None,
+                          list(grads[2 * m:3 * m]) if bp else None,
+                          grads[-1])

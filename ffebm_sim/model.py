@@ -1,0 +1,214 @@
+"""An ff-EBM from a model spec: digital torch blocks and analog energy blocks in a chain.
+
+A model spec (see ``circuits/digits_ffebm.toml``)::
+
+    name = "digits_ffebm"
+    input_size = 64
+
+    [loss]
+    kind = "cross_entropy"     # or "mse"
+    logit_scale = 20.0         # cross-entropy: logits = logit_scale * V_out (1/V)
+    # mse: targets = { on = 0.1, off = -0.1 } (V); nudge = "current" | "resistive"
+
+    [[blocks]]                 # any torch.nn module by name, with its arguments
+    type = "Linear"
+    args = { in_features = 64, out_features = 32 }
+
+    [[blocks]]
+    type = "energy"            # an analog energy block
+    beta = 1e-3                # EP nudge amplitude, V
+    g_min = 0.0                # S, projection range after each update
+    g_max = 2e-4
+    dac = { range = [-1.0, 1.0], bits = 8 }     # optional, before the block
+    adc = { range = [-0.5, 0.5], bits = 8 }     # optional, after the block
+    [blocks.circuit]           # a block spec (see ffebm_sim.spec), or: spec = "block.toml"
+    layers = [32, 32, 16]
+    ...
+
+The last block's output feeds the loss (an energy block's output voltages, or
+a digital readout's output).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backends import Backend, get_backend
+from .blocks import EnergyBlock, Quantizer, resistive_mse
+from .errors import SpecError
+from .spec import _check_keys, _number, block_from_dict, load_block, read_toml
+
+MODEL_KEYS = {"name", "input_size", "loss", "blocks", "training"}
+LOSS_KEYS = {"kind", "logit_scale", "targets", "nudge"}
+ENERGY_KEYS = {"type", "beta", "centered", "g_min", "g_max", "dac", "adc", "circuit", "spec"}
+DIGITAL_KEYS = {"type", "args"}
+LOSSES = ("cross_entropy", "mse")
+
+
+def _torch_module(where: str, entry: dict) -> nn.Module:
+    entry = _check_keys(where, entry, DIGITAL_KEYS)
+    name = entry["type"]
+    cls = getattr(nn, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)) or name.startswith("_"):
+        raise SpecError(f"{where}.type: {name!r} is neither 'energy' nor a torch.nn module "
+                        "(e.g. Linear, Conv2d, BatchNorm1d, ReLU, Tanh, Flatten)")
+    args = entry.get("args", {})
+    try:
+        return cls(*args) if isinstance(args, list) else cls(**_check_keys(f"{where}.args", args, set(args)))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SpecError(f"{where} ({name}): bad arguments {args!r}: {' '.join(str(e).split())}") from None
+
+
+def _converter(where: str, table: Any, kind: str) -> Quantizer:
+    table = _check_keys(where, table, {"range", "bits"})
+    rng = table.get("range")
+    if not (isinstance(rng, list) and len(rng) == 2):
+        raise SpecError(f"{where}.range: {rng!r}; a list [lo, hi] of numbers")
+    lo, hi = (_number(f"{where}.range", x, "numbers") for x in rng)
+    return Quantizer(lo, hi, table.get("bits"), kind)
+
+
+class FFEBM(nn.Module):
+    """A chain of digital modules and energy blocks with its loss.
+
+    ``forward(x)`` gives the last block's output; ``loss(x, y)`` the training
+    loss (cross-entropy on ``logit_scale * V_out``, or MSE to one-hot target
+    voltages, with the resistive nudge when the spec asks for it).
+    """
+
+    def __init__(self, layers: list[nn.Module], loss: dict, name: str = "ffebm", input_size: int | None = None):
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.name = name
+        self.input_size = input_size
+        self.loss_kind = loss.get("kind", "cross_entropy")
+        self.logit_scale = float(loss.get("logit_scale", 1.0))
+        targets = loss.get("targets", {"on": 0.1, "off": -0.1})
+        self.target_on, self.target_off = float(targets.get("on", 0.1)), float(targets.get("off", -0.1))
+        self.resistive = loss.get("nudge", "current") == "resistive"
+
+    @property
+    def energy_blocks(self) -> list[EnergyBlock]:
+        return [m for m in self.layers if isinstance(m, EnergyBlock)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self(x)
+        return out * self.logit_scale if self.loss_kind == "cross_entropy" else out
+
+    def target_voltages(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        onehot = nn.functional.one_hot(y, n).to(torch.float64)
+        return self.target_off + (self.target_on - self.target_off) * onehot
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss, predictions) for inputs ``x`` and class labels ``y``."""
+        if self.loss_kind == "mse" and self.resistive:
+            *front, last = list(self.layers)
+            h = x
+            for m in front:
+                h = m(h)
+            with torch.no_grad():
+                out = last(h)          # the free phase, for the predictions
+            loss = resistive_mse(last, h, self.target_voltages(y, out.shape[1]))
+            return loss, out.argmax(1)
+        out = self(x)
+        if self.loss_kind == "cross_entropy":
+            return nn.functional.cross_entropy(out * self.logit_scale, y), out.argmax(1)
+        return nn.functional.mse_loss(out, self.target_voltages(y, out.shape[1])), out.argmax(1)
+
+    def project(self) -> None:
+        for b in self.energy_blocks:
+            b.project()
+
+    def solver_stats(self) -> dict:
+        return {"solves": sum(b.stats.solves for b in self.energy_blocks),
+                "failures": sum(b.stats.failures for b in self.energy_blocks)}
+
+
+def build_model(spec: str | Path | dict, backend: str | Backend = "reference", gradient: str = "ep",
+                beta_v: float | None = None, centered: bool | None = None, seed: int = 0,
+                base_dir: str | Path | None = None) -> FFEBM:
+    """Build an :class:`FFEBM` from a model spec path or parsed dict.
+
+    ``seed`` seeds the digital blocks' initialisation (torch); energy blocks
+    take their conductances from their block specs (seeded there).
+    """
+    if not isinstance(spec, dict):
+        path = Path(spec)
+        base_dir = path.parent if base_dir is None else base_dir
+        default_name = path.stem
+        spec = read_toml(path)
+    else:
+        default_name = "ffebm"
+    base_dir = Path(base_dir or ".")
+    spec = _check_keys("model", spec, MODEL_KEYS)
+    blocks = spec.get("blocks")
+    if not isinstance(blocks, list) or not blocks:
+        raise SpecError("blocks: a model spec needs [[blocks]] entries (digital modules and energy blocks)")
+    loss = _check_keys("loss", spec.get("loss", {}), LOSS_KEYS)
+    if loss.get("kind", "cross_entropy") not in LOSSES:
+        raise SpecError(f"loss.kind: {loss.get('kind')!r}; valid losses are {', '.join(LOSSES)}")
+    if loss.get("nudge", "current") not in ("current", "resistive"):
+        raise SpecError(f"loss.nudge: {loss.get('nudge')!r}; valid values are current, resistive")
+    if loss.get("nudge") == "resistive" and loss.get("kind") != "mse":
+        raise SpecError("loss.nudge: the resistive nudge is the MSE cost; set loss.kind = \"mse\" or nudge = \"current\"")
+    backend_obj = get_backend(backend) if isinstance(backend, str) else backend
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for k, entry in enumerate(blocks):
+        where = f"blocks[{k}]"
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise SpecError(f"{where}: needs a type ('energy' or a torch.nn module name)")
+        if entry["type"] != "energy":
+            layers.append(_torch_module(where, entry).to(torch.float64))
+            continue
+        entry = _check_keys(where, entry, ENERGY_KEYS)
+        if "circuit" in entry:
+            circuit = block_from_dict(entry["circuit"], base_dir, default_name=f"{default_name}_e{k}")
+        elif "spec" in entry:
+            circuit = load_block(base_dir / entry["spec"])
+        else:
+            raise SpecError(f"{where}: an energy block needs a [blocks.circuit] table or spec = \"block.toml\"")
+        if "dac" in entry:
+            layers.append(_converter(f"{where}.dac", entry["dac"], "dac"))
+        g_max = entry.get("g_max")
+        layers.append(EnergyBlock(
+            circuit, backend_obj, gradient,
+            beta_v=_number(f"{where}.beta", entry.get("beta", 1e-3), "volts, > 0") if beta_v is None else beta_v,
+            centered=bool(entry.get("centered", True)) if centered is None else centered,
+            g_min_s=_number(f"{where}.g_min", entry.get("g_min", 0.0), "siemens, >= 0"),
+            g_max_s=None if g_max is None else _number(f"{where}.g_max", g_max, "siemens")))
+        if "adc" in entry:
+            layers.append(_converter(f"{where}.adc", entry["adc"], "adc"))
+    input_size = spec.get("input_size")
+    model = FFEBM(layers, loss, spec.get("name", default_name), input_size)
+    if input_size is not None:
+        try:
+            with torch.no_grad():
+                _shape_probe(model, input_size)
+        except SpecError:
+            raise
+        except (RuntimeError, ValueError) as e:
+            raise SpecError(f"blocks: sizes do not chain from input_size={input_size}: {' '.join(str(e).split())[:200]}") from None
+    return model
+
+
+def _shape_probe(model: FFEBM, input_size: int) -> None:
+    """Check the chain's sizes with the digital blocks and energy blocks' input/output sizes only."""
+    h = torch.zeros(2, input_size, dtype=torch.float64)
+    for m in model.layers:
+        if isinstance(m, EnergyBlock):
+            if h.shape[1] != m.template.n_inputs:
+                raise SpecError(f"energy block '{m.template.name}': receives {h.shape[1]} features, "
+                                f"its circuit has {m.template.n_inputs} inputs")
+            h = torch.zeros(2, m.template.n_outputs, dtype=torch.float64)
+        else:
+            h = m(h)
