@@ -1,0 +1,80 @@
+"""ff-EBM model specs and the end-to-end gradient check."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ffebm_sim.blocks import EnergyBlock, Quantizer
+from ffebm_sim.errors import SpecError
+from ffebm_sim.model import build_model
+
+SMALL = {
+    "name": "tiny", "input_size": 6,
+    "loss": {"kind": "cross_entropy", "logit_scale": 20.0},
+    "blocks": [
+        {"type": "Linear", "args": {"in_features": 6, "out_features": 4}},
+        {"type": "energy", "dac": {"range": [-1.0, 1.0], "bits": 8}, "adc": {"range": [-0.5, 0.5]},
+         "circuit": {"layers": [4, 5, 3], "input_gain": 3.0,
+                     "nonlinearity": {"kind": "double", "diode": {"is": 1e-8, "n": 1.0}},
+                     "conductances": {"low": 0.0, "high": 1e-4, "seed": 1}}},
+    ],
+}
+
+
+def test_model_from_spec_chains_digital_and_analog_blocks():
+    m = build_model(SMALL)
+    kinds = [type(x) for x in m.layers]
+    assert kinds == [torch.nn.Linear, Quantizer, EnergyBlock, Quantizer]
+    x = torch.rand(5, 6, dtype=torch.float64)
+    loss, pred = m.loss(x, torch.tensor([0, 1, 2, 0, 1]))
+    loss.backward()
+    assert m.layers[0].weight.grad is not None and m.layers[0].weight.grad.abs().sum() > 0
+    assert all(w.grad is not None for w in m.layers[2].all_weights())
+    assert pred.shape == (5,)
+
+
+def test_examples_build_and_chain():
+    for spec in ("circuits/digits_ffebm.toml", "circuits/mnist_ffebm.toml"):
+        m = build_model(spec)
+        assert len(m.energy_blocks) == 2
+
+
+@pytest.mark.parametrize("patch, fragment", [
+    ({"blocks": []}, "needs [[blocks]]"),
+    ({"loss": {"kind": "hinge"}}, "valid losses are cross_entropy, mse"),
+    ({"loss": {"kind": "cross_entropy", "nudge": "resistive"}}, "resistive nudge is the MSE cost"),
+    ({"blocks": [{"type": "Lineer", "args": {}}]}, "neither 'energy' nor a torch.nn module"),
+    ({"blocks": [{"type": "Linear", "args": {"in_features": 6}}]}, "bad arguments"),
+    ({"blocks": [{"type": "energy"}]}, "needs a [blocks.circuit] table"),
+    ({"blocks": [{"type": "Linear", "args": {"in_features": 6, "out_features": 5}}, SMALL["blocks"][1]]},
+     "receives 5 features, its circuit has 4 inputs"),
+])
+def test_model_spec_errors(patch, fragment):
+    with pytest.raises(SpecError) as e:
+        build_model({**SMALL, **patch})
+    assert fragment in str(e.value)
+
+
+def _gradcheck(*args):
+    r = subprocess.run([sys.executable, "-m", "ffebm_sim.cli", "gradcheck", *args, "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("backend", ["reference", "ngspice"])
+def test_gradcheck_digits_model_passes(backend):
+    rc, report = _gradcheck("circuits/digits_ffebm.toml", "--backend", backend)
+    names = [t["name"] for t in report["tensors"]]
+    # every tensor, including the digital layer in front of the first energy block
+    assert names[0] == "layers.0.weight" and len(names) == 8
+    assert report["min_cosine"] >= 0.9999 and report["max_rel_error"] <= 0.01
+    assert rc == 0 and report["ok"]
+
+
+def test_gradcheck_fails_honestly_with_a_huge_beta():
+    rc, report = _gradcheck("circuits/digits_ffebm.toml", "--beta", "5", "--one-sided")
+    assert rc == 1 and not report["ok"] and report["max_rel_error"] > 0.01
