@@ -1,17 +1,35 @@
 """ngspice (libngspice, through PySpice's shared-library interface) as a backend.
 
 This module is the only place that touches PySpice. The deck text from
-:mod:`ffebm_sim.netlist` is the contract: it is loaded once per circuit (per
-set of conductances and nudge structure) and every sample only changes
-sources with ``alter`` before an ``op``:
+:mod:`ffebm_sim.netlist` is the contract. A solve request becomes a list of
+:class:`DeckJob` s: the deck, the names of the sources that change from sample
+to sample, their values (one row per sample) and the vectors to read. A job
+runs in whichever process holds a libngspice (this one, a worker of
+:mod:`.pool`, or a Dask worker, :mod:`.dask_engine`) through :func:`run_job`,
+with one of two methods:
 
-* physical deck: ``vxp<i>``/``vxm<i>`` get ``+-a*u_i``;
-* reduced deck: ``in1_<j>`` get the Norton currents ``sum_i G1[i,j]*V_i``;
-* ``inudge<j>`` get the nudge currents, ``vy<j>`` the resistive-nudge targets.
+* ``op``: the deck is loaded once (kept while the conductances stay the same)
+  and every sample ``alter`` s the sources that changed, then runs ``op``:
+  physical deck ``vxp<i>``/``vxm<i>`` get ``+-a*u_i``; reduced deck ``in1_<j>``
+  the Norton currents ``sum_i G1[i,j]*V_i``; ``inudge<j>`` the nudge currents,
+  ``vy<j>`` the resistive-nudge targets. Each ``op`` starts from ngspice's
+  junction initialisation and reorders the matrix, so a sample's answer does
+  not depend on what was solved before it.
+* ``sweep``: the whole chunk is one DC sweep. Each changing source becomes a
+  behavioural source ``pwl(v(ffebm_sweep), 0, x_0, 1, x_1, ...)`` of a sweep
+  voltage stepped through the integers, so sweep point ``k`` *is* sample
+  ``k``: one Newton solve per sample starting from the previous sample's
+  solution, no reordering, no time-step control (a PWL *transient* would
+  add about four time points per sample after each breakpoint; measured, see
+  benchmarks/README_speed.md). The deck is reloaded per chunk, so the answer
+  depends only on the chunk (fixed boundaries: identical on 1 or N workers).
+  A chunk whose sweep fails is solved again sample by sample with ``op``.
 
-After reading the vectors the plot is destroyed (every ``op`` otherwise adds
-a plot to ngspice's memory) and ``remcirc`` removes a circuit before another
-is loaded. Every command stays far below ngspice's 1024-character limit.
+``method="auto"`` takes the sweep for chunks of several samples and ``op``
+for single samples. After reading, plots are destroyed (every analysis
+otherwise adds a plot to ngspice's memory); ``remcirc`` removes a circuit
+before another is loaded; the command history is cleared periodically.
+Every command stays far below ngspice's 1024-character limit.
 
 Failures are a status, never a crash: ngspice's messages ("singular matrix",
 "no convergence", "aborted", "timestep too small") and a missing or empty
@@ -27,17 +45,28 @@ import hashlib
 import logging
 import os
 import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..circuit import BlockCircuit, free_node_names, source_names
+from ..errors import SpecError
 from ..netlist import emit_deck, norton_source_name, nudge_source_name, target_source_name
 from .base import Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current, source_voltages
 
 FAILURE_MARKERS = ("singular matrix", "no convergence", "aborted", "timestep too small", "gmin stepping failed",
                    "source stepping failed", "error")
 MAX_COMMAND_CHARS = 1000
+METHODS = ("auto", "op", "sweep")
+#: Samples per job. Fixed (not derived from the worker count) so a batch is cut
+#: into the same chunks on 1 worker, N workers or a Dask cluster: identical results.
+DEFAULT_CHUNK = 16
+#: ``auto`` sweeps chunks of at least this many samples (below it, alter+op wins).
+SWEEP_MIN_SAMPLES = 4
+HISTORY_EVERY = 5000
+SWEEP_SOURCE = "vffebm_sweep"
+SWEEP_NODE = "ffebm_sweep"
 
 
 class NgspiceUnavailable(RuntimeError):
@@ -58,8 +87,12 @@ def _library_path() -> str:
     return found
 
 
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class NgspiceSession:
-    """One libngspice instance: load a deck, alter sources, run ``op``, read vectors."""
+    """One libngspice instance: load a deck, alter sources, run analyses, read vectors."""
 
     def __init__(self):
         os.environ.setdefault("NGSPICE_LIBRARY_PATH", _library_path())
@@ -75,52 +108,96 @@ class NgspiceSession:
         self.lock = threading.Lock()
         self.commands = 0
         self.solves = 0
+        self.loads = 0
+        self.analysis_closed_s = 0.0      # ngspice analysis time of circuits already removed
 
-    def command(self, text: str) -> str:
-        """Run one ngspice command; returns what it printed (stdout and stderr)."""
+    # -- commands ---------------------------------------------------------------------------
+    def _send(self, text: str) -> None:
         if len(text) >= MAX_COMMAND_CHARS:
             raise ValueError(f"ngspice command of {len(text)} characters; ngspice misparses >= 1024")
         self.commands += 1
-        self._ng.clear_output()
-        if self.commands % 5000 == 0:
+        if self.commands % HISTORY_EVERY == 0:
             self._lib.ngSpice_Command(self._null)      # frees ngspice's command history
         self._lib.ngSpice_Command(text.encode("ascii"))
+
+    def command(self, text: str) -> str:
+        """Run one ngspice command; returns what it printed (stdout and stderr)."""
+        self._ng.clear_output()
+        self._send(text)
         return "\n".join(self._ng._stdout + self._ng._stderr)
 
-    def load(self, deck: str) -> None:
-        """Load ``deck`` unless it is the one already loaded."""
-        digest = hashlib.sha256(deck.encode()).hexdigest()
-        if digest == self.loaded_hash:
+    def _printed(self) -> str:
+        return "\n".join(self._ng._stdout + self._ng._stderr)
+
+    # -- circuits ---------------------------------------------------------------------------
+    def analysis_seconds(self) -> float:
+        """ngspice's own analysis time (its ``rusage time``), summed over every circuit this session ran."""
+        return self.analysis_closed_s + self._current_analysis_s()
+
+    def _current_analysis_s(self) -> float:
+        if self.loaded_hash is None:
+            return 0.0
+        printed = self.command("rusage time")
+        for line in printed.splitlines():
+            if "analysis time" in line and "=" in line:
+                try:
+                    return float(line.split("=")[1])
+                except ValueError:
+                    return 0.0
+        return 0.0
+
+    def unload(self, keep_stats: bool = False) -> None:
+        """Destroy plots and remove the loaded circuit (``remcirc``)."""
+        if self.loaded_hash is None:
             return
-        if self.loaded_hash is not None:
-            self.command("destroy all")
-            self.command("remcirc")
+        if keep_stats:
+            self.analysis_closed_s += self._current_analysis_s()
+        self._send("destroy all")
+        self._send("remcirc")
         self.loaded_hash = None
         self.values = {}
+
+    def load(self, deck: str, deck_digest: str | None = None, keep_stats: bool = False) -> None:
+        """Load ``deck`` unless it is the one already loaded (``remcirc`` the old one first)."""
+        deck_digest = deck_digest or digest(deck)
+        if deck_digest == self.loaded_hash:
+            return
+        self.unload(keep_stats)
         self._ng.clear_output()
-        lines = [line for line in deck.splitlines() if line.strip()] + [""]
-        keep = [self._ffi.new("char[]", line.encode("utf-8")) for line in lines] + [self._null]
-        self._lib.ngSpice_Circ(self._ffi.new("char *[]", keep))
-        messages = "\n".join(self._ng._stdout + self._ng._stderr).lower()
+        self._circ(deck)
+        self.loads += 1
+        messages = self._printed().lower()
         if "error" in messages:
             raise NgspiceDeckError("ngspice rejected the deck: " + " | ".join(
                 " ".join(m.split()) for m in self._ng._stdout + self._ng._stderr if "rror" in m)[:500])
-        self.loaded_hash = digest
+        self.loaded_hash = deck_digest
 
+    def _circ(self, deck: str) -> None:
+        """``ngSpice_Circ`` on the deck's lines: one buffer, pointers computed with numpy (no per-line cffi calls)."""
+        data = deck.encode("utf-8")
+        if b"\r" in data:
+            data = data.replace(b"\r", b"")
+        lines = [line for line in data.split(b"\n") if line.strip()] + [b""]
+        buf = self._ffi.new("char[]", b"\0".join(lines) + b"\0")
+        lengths = np.fromiter((len(line) + 1 for line in lines), dtype=np.int64, count=len(lines))
+        starts = np.zeros(len(lines) + 1, dtype=np.uint64)
+        starts[1:len(lines)] = np.cumsum(lengths[:-1], dtype=np.int64).astype(np.uint64)
+        starts[:len(lines)] += np.uint64(int(self._ffi.cast("uintptr_t", buf)))
+        pointers = self._ffi.cast("char **", self._ffi.from_buffer(starts))
+        self._lib.ngSpice_Circ(pointers)     # ngspice copies the lines; buf and starts live until it returns
+
+    # -- operating points -------------------------------------------------------------------
     def set_dc(self, element: str, value: float) -> None:
         """``alter`` an independent source's DC value, skipping unchanged ones."""
         value = float(value)
         if self.values.get(element) != value:
-            self.command(f"alter {element} dc = {value!r}")
+            self._send(f"alter {element} dc = {value!r}")
             self.values[element] = value
 
     def op(self) -> str:
         """Run an operating point; returns '' on success or the failure text."""
         self.solves += 1
-        printed = self.command("op")
-        lower = printed.lower()
-        bad = [m for m in FAILURE_MARKERS if m in lower]
-        return "" if not bad else f"ngspice op failed ({bad[0]}): " + " ".join(printed.split())[:300]
+        return _failure(self.command("op"), "op")
 
     def read(self, names: list[str]) -> np.ndarray | None:
         """Values of real vectors in the current plot, or None if any is missing or empty."""
@@ -132,94 +209,343 @@ class NgspiceSession:
             out[k] = info.v_realdata[0]
         return out
 
+    def read_arrays(self, names: list[str], n: int) -> np.ndarray | None:
+        """``(n, len(names))``: the first ``n`` points of real vectors, or None if any is short or missing."""
+        out = np.empty((n, len(names)))
+        for k, name in enumerate(names):
+            info = self._lib.ngGet_Vec_Info(name.encode("ascii"))
+            if info == self._null or info.v_length < n or info.v_realdata == self._null:
+                return None
+            out[:, k] = np.frombuffer(self._ffi.buffer(info.v_realdata, 8 * n), dtype=np.float64)
+        return out
+
     def destroy_plots(self) -> None:
-        self.command("destroy all")
+        self._send("destroy all")
+
+    def dc_sweep(self, n: int) -> str:
+        """Sweep ``vffebm_sweep`` through 0..n-1; '' on success or the failure text."""
+        self.solves += n
+        return _failure(self.command(f"dc {SWEEP_SOURCE} 0 {n - 1} 1"), "dc sweep")
+
+
+def _failure(printed: str, what: str) -> str:
+    lower = printed.lower()
+    bad = [m for m in FAILURE_MARKERS if m in lower]
+    return "" if not bad else f"ngspice {what} failed ({bad[0]}): " + " ".join(printed.split())[:300]
 
 
 _SESSION: NgspiceSession | None = None
+_SESSION_LOCK = threading.Lock()
 
 
 def session() -> NgspiceSession:
     """This process's libngspice (created on first use)."""
     global _SESSION
-    if _SESSION is None:
-        _SESSION = NgspiceSession()
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = NgspiceSession()
     return _SESSION
 
 
+# ---- jobs: what travels to a worker -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeckJob:
+    """One chunk of samples of one deck.
+
+    Attributes:
+        deck: the deck text (without ``.control``); ``deck_digest`` its sha256.
+        sources: element names (lower case) that change per sample.
+        values: ``(n, len(sources))`` their DC values, one row per sample.
+        vectors: names of the vectors to read after each analysis (op plot names;
+            a swept voltage source ``v`` reads ``bsw_v#branch`` instead of ``v#branch``).
+        method: ``op`` or ``sweep``.
+        measure: also report ngspice's own analysis time for this job (its ``rusage``).
+    """
+
+    deck: str
+    deck_digest: str
+    sources: tuple[str, ...]
+    values: np.ndarray
+    vectors: tuple[str, ...]
+    method: str = "op"
+    measure: bool = False
+
+
+@dataclass
+class JobResult:
+    values: np.ndarray                 # (n, len(vectors)), NaN where a sample failed
+    messages: tuple[str, ...]          # '' per converged sample
+    analysis_s: float = float("nan")   # ngspice's analysis time for the job (when measured)
+    pid: int = field(default_factory=os.getpid)
+
+
+def _run_op(s: NgspiceSession, job: DeckJob) -> JobResult:
+    n = job.values.shape[0]
+    out = np.full((n, len(job.vectors)), np.nan)
+    messages = []
+    s.load(job.deck, job.deck_digest, keep_stats=job.measure)
+    for b in range(n):
+        for name, v in zip(job.sources, job.values[b]):
+            s.set_dc(name, v)
+        failure = s.op()
+        values = None if failure else s.read(list(job.vectors))
+        s.destroy_plots()
+        if values is None:
+            messages.append(failure or "ngspice op produced no vectors (analysis failed silently); "
+                                       "inspect the deck with 'ffebm netlist' and 'ngspice -b'")
+            continue
+        messages.append("")
+        out[b] = values
+    return JobResult(out, tuple(messages))
+
+
+_TEMPLATES: dict[tuple, tuple[list[str], dict[int, tuple[str, str, str]]]] = {}
+
+
+def _sweep_template(deck: str, deck_digest: str, sources: tuple[str, ...]):
+    """The deck split once into its fixed text and the cards of ``sources`` (name, node+, node-)."""
+    key = (deck_digest, sources)
+    if key not in _TEMPLATES:
+        index = {name: k for k, name in enumerate(sources)}
+        fixed, cards = [], {}
+        for line in deck.splitlines():
+            words = line.split()
+            if not words or words[0].lower() == ".end":
+                continue
+            k = index.get(words[0].lower())
+            if k is None:
+                fixed.append(line)
+            else:
+                cards[k] = (words[0], words[1], words[2])
+        if len(_TEMPLATES) > 8:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = ("\n".join(fixed), cards)
+    return _TEMPLATES[key]
+
+
+def sweep_deck(deck: str, sources: tuple[str, ...], values: np.ndarray, deck_digest: str | None = None) -> str:
+    """``deck`` with every source of ``sources`` that changes across ``values`` rows as a
+    behavioural ``pwl`` of the sweep voltage (sample ``k`` at ``v(ffebm_sweep) = k``);
+    sources constant across the chunk keep a DC card with that value."""
+    n = values.shape[0]
+    fixed, cards = _sweep_template(deck, deck_digest or digest(deck), tuple(sources))
+    out = [fixed]
+    # Points 0..n-1 and a repeat of the last one at n, so every sample sits at the start
+    # of a segment and ngspice's pwl returns the value itself, not an interpolation.
+    xs = [f"{i}, " for i in range(n + 1)]
+    for k, (name, plus, minus) in sorted(cards.items()):
+        col = values[:, k]
+        if (col == col[0]).all():
+            out.append(f"{name} {plus} {minus} DC {float(col[0])!r}")
+            continue
+        kind = "V" if name[0] in "vV" else "I"
+        text = [repr(x) for x in col.tolist()]
+        text.append(text[-1])
+        points = [x + y for x, y in zip(xs, text)]
+        rows = [", ".join(points[i:i + 4]) for i in range(0, len(points), 4)]
+        out.append(f"BSW_{name} {plus} {minus} {kind} = pwl(v({SWEEP_NODE}),\n+ " + ",\n+ ".join(rows) + ")")
+    out += [f"{SWEEP_SOURCE.upper()} {SWEEP_NODE} 0 DC 0", ".end", ""]
+    return "\n".join(out)
+
+
+def swept_vector_name(name: str, sources: set[str]) -> str:
+    """A branch vector of a swept voltage source is read from its behavioural stand-in."""
+    if name.endswith("#branch") and name[:-7] in sources:
+        return f"bsw_{name}"
+    return name
+
+
+def _run_sweep(s: NgspiceSession, job: DeckJob) -> JobResult | None:
+    n = job.values.shape[0]
+    deck = sweep_deck(job.deck, job.sources, job.values, job.deck_digest)
+    try:
+        s.load(deck, keep_stats=job.measure)
+    except NgspiceDeckError:
+        s.unload()
+        return None
+    failure = s.dc_sweep(n)
+    swept = {name for k, name in enumerate(job.sources) if not (job.values[:, k] == job.values[0, k]).all()}
+    names = [swept_vector_name(v, swept) for v in job.vectors]
+    values = None if failure else s.read_arrays(names, n)
+    sweep = None if values is None else s.read_arrays([f"v({SWEEP_NODE})"], n)
+    s.unload(keep_stats=job.measure)          # a sweep deck is used once
+    if values is None or sweep is None or not np.array_equal(sweep[:, 0], np.arange(n, dtype=np.float64)):
+        return None
+    return JobResult(values, ("",) * n)
+
+
+def run_job(job: DeckJob) -> JobResult:
+    """Run ``job`` on this process's libngspice (the task a pool or Dask worker executes)."""
+    s = session()
+    with s.lock:
+        start = s.analysis_seconds() if job.measure else 0.0
+        try:
+            result = None
+            if job.method == "sweep" and job.values.shape[0] > 1:
+                result = _run_sweep(s, job)
+            if result is None:                 # op requested, one sample, or the sweep failed
+                result = _run_op(s, job)
+        except NgspiceDeckError as e:
+            n = job.values.shape[0]
+            result = JobResult(np.full((n, len(job.vectors)), np.nan), (str(e),) * n)
+        if job.measure:
+            result.analysis_s = s.analysis_seconds() - start
+    return result
+
+
+def session_stats() -> dict:
+    """Counters of this process's session (for benchmarks): pid, loads, solves, commands, analysis s."""
+    s = session()
+    with s.lock:
+        return {"pid": os.getpid(), "loads": s.loads, "solves": s.solves, "commands": s.commands,
+                "analysis_s": s.analysis_seconds()}
+
+
+class LocalEngine:
+    """Runs jobs one after another in this process."""
+
+    workers = 1
+
+    def map(self, jobs: list[DeckJob]) -> list[JobResult]:
+        return [run_job(job) for job in jobs]
+
+    def close(self) -> None:
+        pass
+
+
+# ---- the backend ----------------------------------------------------------------------------------
+
 class NgspiceBackend(Backend):
-    """Solve with ngspice's ``.op``, one sample after another in this process.
+    """Solve with ngspice, in this process, in ``workers`` local processes, or on a Dask cluster.
 
     Args:
         reduced: use the Norton-reduced deck (source currents are then computed
             from the node voltages and ``G_1``, exactly as the reference does).
+        method: ``auto`` (DC sweep for chunks of >= 4 samples, else alter+op),
+            ``op`` or ``sweep`` (see the module docstring).
+        workers: number of local worker processes (1: solve in this process).
+        scheduler: address of a Dask distributed scheduler (``tcp://host:port``),
+            or a ``distributed.Client``; jobs then run on its workers.
+        chunk: samples per job (fixed, so results do not depend on ``workers``).
+        measure: record ngspice's own analysis time (``self.analysis_s``).
     """
 
     name = "ngspice"
 
-    def __init__(self, reduced: bool = False):
-        self.reduced = reduced
+    def __init__(self, reduced: bool = False, method: str = "auto", workers: int = 1, scheduler=None,
+                 chunk: int = DEFAULT_CHUNK, measure: bool = False):
+        if method not in METHODS:
+            raise SpecError(f"ngspice method: unknown {method!r}; valid methods are {', '.join(METHODS)}")
+        if not (isinstance(workers, int) and workers >= 1):
+            raise SpecError(f"--workers: {workers!r}; an integer >= 1")
+        if not (isinstance(chunk, int) and chunk >= 1):
+            raise SpecError(f"chunk: {chunk!r}; an integer >= 1 (samples per ngspice job)")
+        self.reduced, self.method, self.workers, self.scheduler = reduced, method, workers, scheduler
+        self.chunk, self.measure = chunk, measure
+        self.analysis_s = 0.0
+        self._engine = None
+        self._decks: list[tuple[BlockCircuit, float, str, str]] = []
+
+    # engines are created on first use and kept (a pool keeps its workers and their circuits)
+    @property
+    def engine(self):
+        if self._engine is None:
+            if self.scheduler is not None:
+                from .dask_engine import DaskEngine
+                self._engine = DaskEngine(self.scheduler)
+            elif self.workers > 1:
+                from .pool import PoolEngine
+                self._engine = PoolEngine(self.workers)
+            else:
+                self._engine = LocalEngine()
+        return self._engine
+
+    def close(self) -> None:
+        """Stop worker processes (a pool) or disconnect from the cluster."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_engine"], state["_decks"] = None, []
+        return state
 
     def deck_for(self, circuit: BlockCircuit, nudge: Nudge | None) -> str:
-        g = nudge.conductance_s if nudge is not None else 0.0
-        return emit_deck(circuit, reduced=self.reduced, control=False, nudge_conductance_s=g,
-                         nudge_target_v=np.zeros(circuit.n_outputs) if g != 0 else None)
+        return self._deck(circuit, nudge)[0]
 
-    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
-        u = check_batch(circuit, inputs, nudge)
-        emitted = circuit.as_emitted()
-        s = session()
+    def _deck(self, circuit: BlockCircuit, nudge: Nudge | None) -> tuple[str, str]:
+        """(deck, digest), cached for the last few circuits (EP solves one circuit three times)."""
+        g = nudge.conductance_s if nudge is not None else 0.0
+        for c, gc, deck, dg in self._decks:
+            if c is circuit and gc == g:
+                return deck, dg
+        deck = emit_deck(circuit.as_emitted(), reduced=self.reduced, control=False, nudge_conductance_s=g,
+                         nudge_target_v=np.zeros(circuit.n_outputs) if g != 0 else None)
+        dg = digest(deck)
+        self._decks = [(circuit, g, deck, dg)] + self._decks[:5]
+        return deck, dg
+
+    def jobs(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None) -> tuple[list[DeckJob], dict]:
+        """The jobs of one solve request, and what :meth:`assemble` needs."""
         B, n0 = u.shape[0], circuit.n_inputs
         v_src = source_voltages(circuit, u).numpy()
         g1 = np.asarray(circuit.conductances[0])
         nodes = free_node_names(circuit)
-        sources = source_names(n0)
-        branches = [f"{name}#branch" for name in sources]
-        volts = np.full((B, circuit.n_free), np.nan)
-        currents = np.full((B, 2 * n0), np.nan)
-        messages = []
+        names, columns = [], []
+        if self.reduced:
+            names += [norton_source_name(j) for j in range(circuit.layer_sizes[1])]
+            columns.append(v_src @ g1)
+        else:
+            names += source_names(n0)
+            columns.append(v_src)
+        names += [nudge_source_name(j) for j in range(circuit.n_outputs)]
+        if nudge is not None and nudge.currents_a is not None:
+            columns.append(nudge.currents_a.detach().to(torch.float64).numpy())
+        else:
+            columns.append(np.zeros((B, circuit.n_outputs)))
+        if nudge is not None and nudge.conductance_s != 0:
+            names += [target_source_name(j) for j in range(circuit.n_outputs)]
+            columns.append(nudge.target_v.detach().to(torch.float64).numpy())
+        values = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float64)
+        vectors = tuple(nodes + ([] if self.reduced else [f"{name}#branch" for name in source_names(n0)]))
+        deck, dg = self._deck(circuit, nudge)
+        jobs = []
+        for start in range(0, B, self.chunk):
+            part = values[start:start + self.chunk]
+            method = self.method
+            if method == "auto":
+                method = "sweep" if part.shape[0] >= SWEEP_MIN_SAMPLES else "op"
+            jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
+        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes)}
+
+    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
+        u = check_batch(circuit, inputs, nudge)
+        B, n0 = u.shape[0], circuit.n_inputs
         floating = circuit.floating_nodes()
         if floating:
             message = (f"ngspice: node {floating[0]} floats (no conductance connects it; "
                        f"{len(floating)} such nodes); give it a non-zero conductance")
-            return Equilibrium(torch.from_numpy(volts), torch.from_numpy(currents),
+            return Equilibrium(torch.full((B, circuit.n_free), torch.nan, dtype=torch.float64),
+                               torch.full((B, 2 * n0), torch.nan, dtype=torch.float64),
                                torch.zeros(B, dtype=torch.bool), (message,) * B, 0)
-        with s.lock:
-            try:
-                s.load(self.deck_for(emitted, nudge))
-            except NgspiceDeckError as e:
-                return Equilibrium(torch.from_numpy(volts), torch.from_numpy(currents),
-                                   torch.zeros(B, dtype=torch.bool), (str(e),) * B, 0)
-            for b in range(B):
-                if self.reduced:
-                    norton = v_src[b] @ g1
-                    for j in range(circuit.layer_sizes[1]):
-                        s.set_dc(norton_source_name(j), norton[j])
-                else:
-                    for name, v in zip(sources, v_src[b]):
-                        s.set_dc(name, v)
-                if nudge is not None and nudge.currents_a is not None:
-                    for j, i in enumerate(nudge.currents_a[b].tolist()):
-                        s.set_dc(nudge_source_name(j), i)
-                else:
-                    for j in range(circuit.n_outputs):
-                        s.set_dc(nudge_source_name(j), 0.0)
-                if nudge is not None and nudge.conductance_s != 0:
-                    for j, y in enumerate(nudge.target_v[b].tolist()):
-                        s.set_dc(target_source_name(j), y)
-                failure = s.op()
-                values = None if failure else s.read(nodes + ([] if self.reduced else branches))
-                s.destroy_plots()
-                if values is None:
-                    messages.append(failure or "ngspice op produced no vectors (analysis failed silently); "
-                                               "inspect the deck with 'ffebm netlist' and 'ngspice -b'")
-                    continue
-                messages.append("")
-                volts[b] = values[:len(nodes)]
-                if not self.reduced:
-                    currents[b] = delivered_from_branch_current(torch.from_numpy(values[len(nodes):])).numpy()
-                else:
-                    layer1 = volts[b, circuit.layer_slice(1)]
-                    currents[b] = v_src[b] * g1.sum(1) - g1 @ layer1
-        converged = torch.tensor([m == "" for m in messages])
-        return Equilibrium(torch.from_numpy(volts), torch.from_numpy(currents), converged, tuple(messages), B)
+        jobs, extra = self.jobs(circuit, u, nudge)
+        results = self.engine.map(jobs) if jobs else []
+        return self.assemble(circuit, results, extra, B)
+
+    def assemble(self, circuit: BlockCircuit, results: list[JobResult], extra: dict, B: int) -> Equilibrium:
+        n0, n_nodes = circuit.n_inputs, extra["n_nodes"]
+        values = np.concatenate([r.values for r in results], axis=0) if results else np.empty((0, n_nodes))
+        messages = tuple(m for r in results for m in r.messages)
+        if self.measure:
+            self.analysis_s += sum(r.analysis_s for r in results)
+        volts = values[:, :n_nodes].copy()
+        if not self.reduced:
+            currents = delivered_from_branch_current(torch.from_numpy(values[:, n_nodes:].copy())).numpy()
+        else:
+            g1, v_src = extra["g1"], extra["v_src"]
+            currents = v_src * g1.sum(1) - volts[:, circuit.layer_slice(1)] @ g1.T
+        converged = torch.tensor([m == "" for m in messages], dtype=torch.bool)
+        return Equilibrium(torch.from_numpy(volts), torch.from_numpy(np.ascontiguousarray(currents)),
+                           converged, messages, B)
