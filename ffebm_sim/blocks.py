@@ -87,11 +87,16 @@ class EnergyBlock(nn.Module):
         centered: centered (+-beta) or one-sided (+beta) EP.
         conductance_unit_s: the parameter unit (default: the largest initial conductance).
         g_min_s, g_max_s: the range :meth:`project` keeps conductances in.
+        output_gain: digital units per volt of the block's output (the readout's
+            full-scale normalisation, e.g. an ADC's 1/V_fullscale): the module
+            returns ``output_gain * V_out``. Resistive layers attenuate (every
+            node is a weighted mean of its neighbours), so the gain keeps the
+            next digital block's inputs near unit scale.
     """
 
     def __init__(self, circuit: BlockCircuit, backend: str | Backend = "reference", gradient: str = "ep",
                  beta_v: float = DEFAULT_BETA_V, centered: bool = True, conductance_unit_s: float | None = None,
-                 g_min_s: float = 0.0, g_max_s: float | None = None):
+                 g_min_s: float = 0.0, g_max_s: float | None = None, output_gain: float = 1.0):
         super().__init__()
         if gradient not in GRADIENTS:
             raise SpecError(f"gradient: unknown {gradient!r}; valid values are {', '.join(GRADIENTS)}")
@@ -102,6 +107,9 @@ class EnergyBlock(nn.Module):
         self.gradient = gradient
         self.beta_v = float(beta_v)
         self.centered = centered
+        if not (isinstance(output_gain, (int, float)) and np.isfinite(output_gain) and output_gain != 0):
+            raise SpecError(f"output_gain: {output_gain!r}; digital units per volt, a finite non-zero number")
+        self.output_gain = float(output_gain)
         g_all = np.concatenate([np.ravel(g) for g in circuit.conductances])
         self.conductance_unit_s = float(conductance_unit_s or max(float(g_all.max()), 1e-30))
         self.g_min_s = float(g_min_s)
@@ -141,7 +149,8 @@ class EnergyBlock(nn.Module):
         return self.circuit_for()
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return _EnergyBlockFunction.apply(self, u, *self.all_weights())
+        v_out = _EnergyBlockFunction.apply(self, u, *self.all_weights())
+        return v_out * self.output_gain if self.output_gain != 1.0 else v_out
 
     @torch.no_grad()
     def project(self) -> None:
@@ -153,7 +162,8 @@ class EnergyBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"layers={list(self.template.layer_sizes)}, backend={self.backend.name}, gradient={self.gradient}, "
-                f"beta_v={self.beta_v:g}, centered={self.centered}, unit={self.conductance_unit_s:g} S")
+                f"beta_v={self.beta_v:g}, centered={self.centered}, unit={self.conductance_unit_s:g} S, "
+                f"output_gain={self.output_gain:g}/V")
 
 
 class _ResistiveLoss(torch.autograd.Function):

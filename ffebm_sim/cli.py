@@ -20,7 +20,7 @@ from .circuit import free_node_names
 from .errors import SpecError
 from .io import atomic_write_text, read_inputs
 from .netlist import emit_deck
-from .spec import load_block
+from .model import resolve_block
 
 
 class _Exit(Exception):
@@ -52,9 +52,11 @@ def cli():
 @click.option("--seed", type=click.IntRange(min=0), help="Draw the input vector uniformly in [-1, 1] with this seed.")
 @click.option("--reduced", is_flag=True, help="Replace the source-driven input layer by its exact Norton equivalent.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Deck to write (.cir).")
-def netlist(spec, inputs_file, seed, reduced, output):
+@click.option("--block", type=int, help="Model specs: which energy block (1-based).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model specs: take trained conductances from a checkpoint.")
+def netlist(spec, inputs_file, seed, reduced, output, block, checkpoint):
     """Write a standalone SPICE deck of the block in SPEC (runs with `ngspice -b`)."""
-    circuit = load_block(spec)
+    circuit = resolve_block(spec, block, checkpoint)
     if inputs_file and seed is not None:
         raise SpecError("--inputs and --seed: give one of them, not both")
     u = None
@@ -66,7 +68,8 @@ def netlist(spec, inputs_file, seed, reduced, output):
     elif seed is not None:
         u = np.random.default_rng(seed).uniform(-1.0, 1.0, circuit.n_inputs)
     args = ["ffebm netlist", spec] + (["--inputs", inputs_file] if inputs_file else []) + \
-        (["--seed", str(seed)] if seed is not None else []) + (["--reduced"] if reduced else []) + ["-o", output]
+        (["--seed", str(seed)] if seed is not None else []) + (["--reduced"] if reduced else []) + \
+        (["--block", str(block)] if block else []) + (["--checkpoint", checkpoint] if checkpoint else []) + ["-o", output]
     atomic_write_text(output, emit_deck(circuit, u, reduced=reduced, command=" ".join(args)))
     click.echo(f"wrote {output}", err=True)
 
@@ -78,9 +81,11 @@ def netlist(spec, inputs_file, seed, reduced, output):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random input when no --inputs.")
 @click.option("--reduced", is_flag=True, help="ngspice: solve the Norton-reduced deck.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def solve(spec, backend, inputs_file, seed, reduced, as_json):
+@click.option("--block", type=int, help="Model specs: which energy block (1-based).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model specs: take trained conductances from a checkpoint.")
+def solve(spec, backend, inputs_file, seed, reduced, as_json, block, checkpoint):
     """Solve the block's free equilibrium and print every node voltage."""
-    circuit = load_block(spec)
+    circuit = resolve_block(spec, block, checkpoint)
     options = {"reduced": reduced} if backend == "ngspice" else {}
     if reduced and backend != "ngspice":
         raise SpecError("--reduced: only the ngspice backend has decks; drop it or use --backend ngspice")
@@ -108,10 +113,12 @@ def solve(spec, backend, inputs_file, seed, reduced, as_json):
 @click.option("--nudge", is_flag=True, help="Also compare nudged equilibria (random output nudges).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify(spec, samples, nudge, seed, as_json):
+@click.option("--block", type=int, help="Model specs: which energy block (1-based).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model specs: take trained conductances from a checkpoint.")
+def verify(spec, samples, nudge, seed, as_json, block, checkpoint):
     """Solve random inputs with every backend and deck form; exit 0 iff they agree within 1e-9 V."""
     from .verify import verify_block
-    report = verify_block(load_block(spec), samples=samples, nudge=nudge, seed=seed)
+    report = verify_block(resolve_block(spec, block, checkpoint), samples=samples, nudge=nudge, seed=seed)
     if as_json:
         click.echo(_json(report))
     else:
@@ -167,9 +174,67 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot)
         raise _Exit(1)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", default="digits", show_default=True, help="digits, mnist-5k or mnist (with --data-dir).")
+@click.option("--data-dir", type=click.Path(), help="Directory with the four MNIST IDX files (for --data mnist).")
+@click.option("--backend", default="reference", show_default=True, help=f"One of: {', '.join(BACKENDS)}.")
+@click.option("--gradient", default="ep", show_default=True, help="ep (equilibrium propagation) or implicit (exact).")
+@click.option("--epochs", type=int, help="Epochs (default: the spec's [training], else 10).")
+@click.option("--batch-size", type=int, help="Mini-batch size (default: the spec's, else 32).")
+@click.option("--lr", type=float, help="Adam learning rate of the digital blocks.")
+@click.option("--lr-analog", type=float, help="Adam learning rate of the conductances (in units of each block's unit).")
+@click.option("--beta", type=float, help="EP nudge amplitude in volts (default: each block's spec).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last good checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json as the last line of stdout.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="ngspice worker processes (one libngspice each).")
+@click.option("--scheduler", help="ngspice: a Dask scheduler address tcp://HOST:PORT instead of local workers.")
+def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_analog, beta, seed, out, resume, as_json,
+          workers, scheduler):
+    """Train an ff-EBM: backprop through digital blocks, EP (or implicit) through energy blocks."""
+    from .backends import get_backend as _check_backend
+    from .train import TrainConfig, config_with_spec_defaults, train as run_training
+    if backend not in BACKENDS:
+        _check_backend(backend)
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise SpecError(f"--beta: {beta!r}; the nudge amplitude in volts, a finite number > 0")
+    given = {k for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("lr_analog", lr_analog))
+             if v is not None}
+    if (workers > 1 or scheduler) and backend != "ngspice":
+        raise SpecError("--workers/--scheduler: they spread ngspice solves; use them with --backend ngspice")
+    options = {}
+    if workers > 1:
+        options["workers"] = workers
+    if scheduler:
+        options["scheduler"] = scheduler
+    config = TrainConfig(model=str(model), out=str(out), data=data, data_dir=data_dir, backend=backend,
+                         gradient=gradient, seed=seed, beta_v=beta, backend_options=options,
+                         **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                                              ("lr_analog", lr_analog)) if v is not None})
+    if not resume:
+        config = config_with_spec_defaults(config, given)
+    summary = run_training(config, resume=resume, epochs_given=epochs is not None)
+    click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
+               f"({summary['seconds']:.0f} s); learning curves: {summary['learning_curves']}", err=as_json)
+    if as_json:
+        click.echo(_json(summary))
+
+
+from .bench import bench  # noqa: E402  (a click group defined in its own module)
+
+cli.add_command(bench)
+
+
 def main(argv=None) -> int:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     from .backends.ngspice import NgspiceUnavailable
+    # The solves here are many small dense problems: torch's intra-op threads do
+    # not help them, and spinning OpenMP threads slowed the reference solver
+    # 100x when other processes (ngspice workers) shared the cores (measured).
+    torch.set_num_threads(1)
     try:
         cli.main(args=argv, prog_name="ffebm", standalone_mode=False)
     except _Exit as e:

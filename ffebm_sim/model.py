@@ -19,6 +19,7 @@ A model spec (see ``circuits/digits_ffebm.toml``)::
     beta = 1e-3                # EP nudge amplitude, V
     g_min = 0.0                # S, projection range after each update
     g_max = 2e-4
+    output_gain = 10.0         # digital units per volt of the block's output
     dac = { range = [-1.0, 1.0], bits = 8 }     # optional, before the block
     adc = { range = [-0.5, 0.5], bits = 8 }     # optional, after the block
     [blocks.circuit]           # a block spec (see ffebm_sim.spec), or: spec = "block.toml"
@@ -46,7 +47,7 @@ from .spec import _check_keys, _number, block_from_dict, load_block, read_toml
 
 MODEL_KEYS = {"name", "input_size", "loss", "blocks", "training"}
 LOSS_KEYS = {"kind", "logit_scale", "targets", "nudge"}
-ENERGY_KEYS = {"type", "beta", "centered", "g_min", "g_max", "dac", "adc", "circuit", "spec"}
+ENERGY_KEYS = {"type", "beta", "centered", "g_min", "g_max", "output_gain", "dac", "adc", "circuit", "spec"}
 DIGITAL_KEYS = {"type", "args"}
 LOSSES = ("cross_entropy", "mse")
 
@@ -185,7 +186,8 @@ def build_model(spec: str | Path | dict, backend: str | Backend = "reference", g
             beta_v=_number(f"{where}.beta", entry.get("beta", 1e-3), "volts, > 0") if beta_v is None else beta_v,
             centered=bool(entry.get("centered", True)) if centered is None else centered,
             g_min_s=_number(f"{where}.g_min", entry.get("g_min", 0.0), "siemens, >= 0"),
-            g_max_s=None if g_max is None else _number(f"{where}.g_max", g_max, "siemens")))
+            g_max_s=None if g_max is None else _number(f"{where}.g_max", g_max, "siemens"),
+            output_gain=_number(f"{where}.output_gain", entry.get("output_gain", 1.0), "units per volt")))
         if "adc" in entry:
             layers.append(_converter(f"{where}.adc", entry["adc"], "adc"))
     input_size = spec.get("input_size")
@@ -212,3 +214,36 @@ def _shape_probe(model: FFEBM, input_size: int) -> None:
             h = torch.zeros(2, m.template.n_outputs, dtype=torch.float64)
         else:
             h = m(h)
+
+
+def is_model_spec(spec: dict) -> bool:
+    return "blocks" in spec
+
+
+def load_model_checkpoint(spec: str | Path, checkpoint: str | Path, **build) -> FFEBM:
+    """A model built from its spec with the parameters of a training checkpoint."""
+    from .checkpoint import load_checkpoint_file
+    state = load_checkpoint_file(checkpoint)
+    model = build_model(spec, **build)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise SpecError(f"--checkpoint: {checkpoint} does not fit model {spec} "
+                        f"({' '.join(str(e).split())[:160]})") from None
+    return model
+
+
+def resolve_block(spec: str | Path, block: int | None = None, checkpoint: str | Path | None = None):
+    """The circuit a command works on: a block spec, or energy block ``block`` (1-based)
+    of a model spec, with trained conductances when a checkpoint is given."""
+    parsed = read_toml(spec)
+    if not is_model_spec(parsed):
+        if block is not None or checkpoint is not None:
+            raise SpecError(f"--block/--checkpoint: {spec} is a block spec; they apply to model specs")
+        return load_block(spec)
+    model = load_model_checkpoint(spec, checkpoint) if checkpoint else build_model(parsed, base_dir=Path(spec).parent)
+    blocks = model.energy_blocks
+    if block is None or not 1 <= block <= len(blocks):
+        raise SpecError(f"--block: {spec} is a model spec with {len(blocks)} energy blocks; "
+                        f"choose one with --block 1..{len(blocks)}")
+    return blocks[block - 1].circuit

@@ -31,3 +31,7 @@ def rng():
 
 def random_inputs(circuit, batch, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (batch, circuit.n_inputs)))
+
+
+# Small dense solves: one intra-op thread (see ffebm_sim.cli.main).
+torch.set_num_threads(1)

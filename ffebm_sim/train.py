@@ -1,0 +1,293 @@
+"""Training an ff-EBM: the product's main job.
+
+Each step: free phase forward through the chain, ``loss.backward()`` (backprop
+through digital blocks, EP or the implicit gradient through energy blocks),
+an optimizer step (Adam; digital parameters at ``lr``, conductances at
+``lr_analog`` in units of each block's conductance unit), then the
+conductances are projected back into ``[g_min, g_max]``.
+
+Determinism: the digital initialisation is seeded, the conductances come from
+the block specs' seeds, and epoch ``e`` shuffles with a generator seeded by
+``(seed, e)``; so a run resumed from the checkpoint of epoch ``e`` ends with
+the same weights and metrics as an uninterrupted run.
+
+Run directory: ``config.json`` (the resolved configuration), ``metrics.csv`` and
+``metrics.json`` (per epoch), ``checkpoints/epoch_NNNN.pt`` (atomic, with
+checksums), ``learning_curves.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .blocks import EnergyBlock
+from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
+from .data import DATASETS, load_dataset
+from .errors import SpecError
+from .model import FFEBM, build_model
+from .spec import read_toml
+
+TRAINING_KEYS = {"epochs", "batch_size", "lr", "lr_analog", "schedule"}
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run (written to RUN_DIR/config.json)."""
+
+    model: str
+    out: str
+    data: str = "digits"
+    data_dir: str | None = None
+    backend: str = "reference"
+    gradient: str = "ep"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    lr_analog: float = 2e-3
+    schedule: str = "cosine"
+    seed: int = 0
+    beta_v: float | None = None
+    backend_options: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        if self.data not in DATASETS:
+            raise SpecError(f"--data: unknown data set {self.data!r}; valid data sets are {', '.join(DATASETS)}")
+        if self.gradient not in ("ep", "implicit"):
+            raise SpecError(f"--gradient: {self.gradient!r}; valid values are ep, implicit")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v > 1_000_000:
+                raise SpecError(f"--{name.replace('_', '-')}: {v!r}; an integer >= 1")
+        if self.schedule not in SCHEDULES:
+            raise SpecError(f"schedule: {self.schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
+        for name in ("lr", "lr_analog"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise SpecError(f"--{name.replace('_', '-')}: {v!r}; a finite number > 0")
+        return self
+
+
+def config_with_spec_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """Fill options the user did not give from the model spec's [training] table."""
+    spec = read_toml(config.model)
+    table = spec.get("training", {})
+    if not isinstance(table, dict):
+        raise SpecError("training: expected a table of defaults (epochs, batch_size, lr, lr_analog)")
+    unknown = sorted(set(table) - TRAINING_KEYS)
+    if unknown:
+        raise SpecError(f"training: unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(TRAINING_KEYS))}")
+    return replace(config, **{k: v for k, v in table.items() if k not in given}).validate()
+
+
+def _optimizer(model: FFEBM, config: TrainConfig) -> torch.optim.Optimizer:
+    analog = [p for b in model.energy_blocks for p in b.all_weights()]
+    analog_ids = {id(p) for p in analog}
+    digital = [p for p in model.parameters() if id(p) not in analog_ids]
+    groups = [{"params": analog, "lr": config.lr_analog}]
+    if digital:
+        groups.append({"params": digital, "lr": config.lr})
+    return torch.optim.Adam(groups)
+
+
+@torch.no_grad()
+def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
+    """(mean loss, accuracy) of the free phase over a data set."""
+    total, correct = 0.0, 0
+    for s in range(0, len(x), batch):
+        xb, yb = x[s:s + batch], y[s:s + batch]
+        out = model(xb)
+        if model.loss_kind == "cross_entropy":
+            loss = torch.nn.functional.cross_entropy(out * model.logit_scale, yb, reduction="sum")
+        else:
+            loss = ((out - model.target_voltages(yb, out.shape[1])) ** 2).mean(1).sum()
+        total += float(loss)
+        correct += int((out.argmax(1) == yb).sum())
+    return total / len(x), correct / len(x)
+
+
+def _progress(total: int, desc: str):
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return None
+
+
+def _write_metrics(run: Path, metrics: list[dict]) -> None:
+    _atomic_write_bytes(run / "metrics.json", json.dumps(metrics, indent=1).encode())
+    buf = io.StringIO()
+    if metrics:
+        w = csv.DictWriter(buf, fieldnames=list(metrics[0]))
+        w.writeheader()
+        w.writerows(metrics)
+    _atomic_write_bytes(run / "metrics.csv", buf.getvalue().encode())
+
+
+def _plot(run: Path, metrics: list[dict], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [m["epoch"] for m in metrics]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].plot(ep, [m["train_loss"] for m in metrics], "o-", label="train (running)")
+    axes[0].plot(ep, [m["test_loss"] for m in metrics], "s-", label="test")
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+    axes[1].plot(ep, [100 * m["train_accuracy"] for m in metrics], "o-", label="train (running)")
+    axes[1].plot(ep, [100 * m["test_accuracy"] for m in metrics], "s-", label="test")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _atomic_write_bytes(run / "learning_curves.png", buf.getvalue())
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True) -> tuple[Path, TrainConfig]:
+    """Create or reopen RUN_DIR. A finished or started run is never overwritten without --resume."""
+    run = Path(config.out)
+    stored = run / "config.json"
+    if resume:
+        if not stored.is_file():
+            raise SpecError(f"--resume: {run} holds no run (no config.json); start it without --resume")
+        try:
+            old = json.loads(stored.read_text())
+            old_config = TrainConfig(**old)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"--resume: {stored} is not a run configuration ({e.__class__.__name__})") from None
+        # The stored run decides everything but how long it runs (when --epochs is given).
+        return run, replace(old_config, epochs=config.epochs if epochs_given else old_config.epochs,
+                            out=config.out).validate()
+    if run.exists() and any(run.iterdir()):
+        raise SpecError(f"--out: {run} already holds files; pass --resume to continue that run or choose a new directory")
+    run.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(stored, json.dumps(asdict(config), indent=1).encode())
+    return run, config
+
+
+def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: bool = True,
+          stop_after_epoch: int | None = None) -> dict | None:
+    """Run (or resume) training; returns the summary written to summary.json.
+
+    On ``resume`` the run directory's stored configuration is used; only the
+    number of epochs may change (when ``epochs_given``). ``stop_after_epoch``
+    ends the process's work after that epoch's checkpoint, as an interruption
+    would (returns None).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    config = config.validate()
+    if resume:
+        _, config = prepare_run_dir(config, True, epochs_given)
+    data = load_dataset(config.data, config.data_dir)
+    backend = _backend(config)
+    try:
+        return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()          # stops worker processes, if any
+
+
+def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
+    model = build_model(config.model, backend=backend, gradient=config.gradient,
+                        beta_v=config.beta_v, seed=config.seed)
+    if model.input_size is not None and model.input_size != data.n_features:
+        raise SpecError(f"--data: {config.data} has {data.n_features} features, model '{model.name}' takes {model.input_size}")
+    run, config = prepare_run_dir(config, resume, epochs_given)
+    optimizer = _optimizer(model, config)
+    # Cosine decay of both learning rates over the run's epochs (constant: none).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, (lambda e: 0.5 * (1 + np.cos(np.pi * min(e, config.epochs) / config.epochs)))
+        if config.schedule == "cosine" else (lambda e: 1.0))
+    metrics: list[dict] = []
+    start = 0
+    if resume:
+        latest = load_latest(run / "checkpoints")
+        if latest is not None:
+            start, state = latest
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            metrics = state["metrics"]
+            for block, stats in zip(model.energy_blocks, state["solver_stats"]):
+                block.stats.solves, block.stats.failures = stats["solves"], stats["failures"]
+            log(f"resuming {run} after epoch {start}")
+    n = len(data.x_train)
+    t_run = time.perf_counter() - (metrics[-1]["elapsed_seconds"] if metrics else 0.0)
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        solves0 = model.solver_stats()
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        bar = _progress(n, f"epoch {epoch}/{config.epochs}")
+        run_loss, run_correct, seen = 0.0, 0, 0
+        model.train()
+        for s in range(0, n, config.batch_size):
+            idx = perm[s:s + config.batch_size]
+            xb, yb = data.x_train[idx], data.y_train[idx]
+            optimizer.zero_grad(set_to_none=True)
+            loss, pred = model.loss(xb, yb)
+            loss.backward()
+            optimizer.step()
+            model.project()
+            run_loss += float(loss.detach()) * len(idx)
+            run_correct += int((pred == yb).sum())
+            seen += len(idx)
+            if bar is not None:
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{run_loss / seen:.4f}", acc=f"{100 * run_correct / seen:.1f}%")
+        if bar is not None:
+            bar.close()
+        scheduler.step()
+        model.eval()
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        stats = model.solver_stats()
+        row = {"epoch": epoch, "train_loss": run_loss / n, "train_accuracy": run_correct / n,
+               "test_loss": test_loss, "test_accuracy": test_acc,
+               "seconds": time.perf_counter() - t0, "elapsed_seconds": time.perf_counter() - t_run,
+               "solves": stats["solves"] - solves0["solves"], "failures": stats["failures"] - solves0["failures"]}
+        metrics.append(row)
+        save_checkpoint(run / "checkpoints", epoch, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "metrics": metrics, "config": asdict(config),
+            "solver_stats": [b.stats.as_dict() for b in model.energy_blocks]})
+        _write_metrics(run, metrics)
+        _plot(run, metrics, f"{model.name} on {config.data}, {config.backend} backend, {config.gradient}")
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
+            return None
+        log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}% | "
+            f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {row['seconds']:.1f} s, {row['solves']} solves")
+    train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
+    last = metrics[-1] if metrics else {}
+    summary = {
+        "model": model.name, "data": config.data, "backend": config.backend, "gradient": config.gradient,
+        "epochs": len(metrics), "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
+        "train_accuracy": train_acc, "train_loss": train_loss,
+        "seconds": last.get("elapsed_seconds", 0.0), "seed": config.seed,
+        "solver_stats": model.solver_stats(),
+        "run_dir": str(run), "learning_curves": str(run / "learning_curves.png"),
+    }
+    _atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def _backend(config: TrainConfig):
+    from .backends import get_backend
+    options = dict(config.backend_options)
+    if config.backend == "ngspice":
+        # The training loop solves the Norton-reduced deck: the same node voltages
+        # (tested) with the 2*n0 source nodes folded away.
+        options.setdefault("reduced", True)
+    return get_backend(config.backend, **options)
