@@ -147,16 +147,19 @@ def verify(spec, samples, nudge, seed, as_json, block, checkpoint):
 @click.option("--one-sided", is_flag=True, help="One-sided EP (+beta only) instead of centered.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="PNG: error against a sweep of beta, centered and one-sided.")
-def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot):
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Check at trained parameters from a checkpoint.")
+def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot, checkpoint):
     """EP gradient vs the exact implicit gradient for every parameter tensor, on one batch."""
     from .gradcheck import beta_sweep, gradcheck as run, plot_sweep
     if beta is not None and not (math.isfinite(beta) and beta > 0):
         raise SpecError(f"--beta: {beta!r}; the nudge amplitude in volts, a finite number > 0")
     if plot and not Path(plot).parent.exists():
         raise SpecError(f"--plot: {Path(plot).parent}: no such directory; create it first")
-    report = run(model, backend=backend, beta_v=beta, batch=batch, seed=seed, data=data, centered=not one_sided)
+    report = run(model, backend=backend, beta_v=beta, batch=batch, seed=seed, data=data, centered=not one_sided,
+                 checkpoint=checkpoint)
     if plot:
-        sweep = beta_sweep(model, backend, np.logspace(-6, -0.5, 12), batch=batch, seed=seed, data=data)
+        sweep = beta_sweep(model, backend, np.logspace(-6, -0.5, 12), batch=batch, seed=seed, data=data,
+                           checkpoint=checkpoint)
         tmp = Path(plot).with_name(f".{Path(plot).name}.tmp.png")
         plot_sweep(sweep, tmp, f"{report['model']}: EP ({backend}) vs implicit gradient, batch {batch}")
         tmp.replace(plot)
@@ -168,6 +171,8 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot)
                    f"({'centered' if not one_sided else 'one-sided'}, beta {report['beta_v']} V) vs implicit:")
         for r in report["tensors"]:
             click.echo(f"  {r['name']:<24s} {str(r['shape']):<12s} cosine {r['cosine']:.9f}  rel_error {r['rel_error']:.2e}")
+        click.echo("junctions carrying > 0.1 uA per energy block: " +
+                   ", ".join(f"{100 * f:.1f}%" for f in report["nonlinear_active_fraction"]))
         click.echo(f"min cosine {report['min_cosine']:.9f}, max rel error {report['max_rel_error']:.2e}: "
                    f"{'PASS' if report['ok'] else 'FAIL'}")
     if not report["ok"]:
@@ -183,7 +188,16 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot)
 @click.option("--epochs", type=int, help="Epochs (default: the spec's [training], else 10).")
 @click.option("--batch-size", type=int, help="Mini-batch size (default: the spec's, else 32).")
 @click.option("--lr", type=float, help="Adam learning rate of the digital blocks.")
-@click.option("--lr-analog", type=float, help="Adam learning rate of the conductances (in units of each block's unit).")
+@click.option("--lr-analog", type=float,
+              help="Conductances' learning rate, in units of each block's unit: Adam's step size (default: the "
+                   "spec's, else 2e-3); with --device the update rule's step per unit gradient, which sets the "
+                   "pulses requested and needs a different value than Adam's (default per preset, see "
+                   "ffebm_sim/hardware/README.md).")
+@click.option("--device", help="Update conductances as pulses on devices of this preset "
+                               "(ideal, reram, ecram, pcm) instead of Adam; digital blocks keep Adam.")
+@click.option("--update", help="With --device: the update rule, sgd (default), mixed, tiki-taka or shd.")
+@click.option("--update-option", "update_options", multiple=True, metavar="KEY=VALUE",
+              help="With --device: a rule option, e.g. coupling=0.02 (repeatable).")
 @click.option("--beta", type=float, help="EP nudge amplitude in volts (default: each block's spec).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
@@ -192,9 +206,14 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot)
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="ngspice worker processes (one libngspice each).")
 @click.option("--scheduler", help="ngspice: a Dask scheduler address tcp://HOST:PORT instead of local workers.")
-def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_analog, beta, seed, out, resume, as_json,
-          workers, scheduler):
-    """Train an ff-EBM: backprop through digital blocks, EP (or implicit) through energy blocks."""
+def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_analog, device, update, update_options,
+          beta, seed, out, resume, as_json, workers, scheduler):
+    """Train an ff-EBM: backprop through digital blocks, EP (or implicit) through energy blocks.
+
+    With --device PRESET the conductances are updated by pulses on devices of
+    that preset (one update rule per energy block, --update), the digital
+    blocks by Adam.
+    """
     from .backends import get_backend as _check_backend
     from .train import TrainConfig, config_with_spec_defaults, train as run_training
     if backend not in BACKENDS:
@@ -210,8 +229,18 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
         options["workers"] = workers
     if scheduler:
         options["scheduler"] = scheduler
+    rule_options = {}
+    for item in update_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--update-option: {item!r}; KEY=VALUE, e.g. coupling=0.02")
+        try:
+            rule_options[key.strip()] = json.loads(value)
+        except ValueError:
+            raise SpecError(f"--update-option: {item!r}; the value must be a number, true/false or null") from None
     config = TrainConfig(model=str(model), out=str(out), data=data, data_dir=data_dir, backend=backend,
                          gradient=gradient, seed=seed, beta_v=beta, backend_options=options,
+                         device=device, update=update, update_options=rule_options,
                          **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
                                               ("lr_analog", lr_analog)) if v is not None})
     if not resume:

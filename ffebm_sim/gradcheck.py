@@ -26,8 +26,10 @@ def _batch(model, data: str | None, batch: int, seed: int):
     return ds.x_train[idx], ds.y_train[idx], name
 
 
-def model_gradients(spec, backend: str, gradient: str, x, y, beta_v=None, centered=None, seed=0):
+def model_gradients(spec, backend: str, gradient: str, x, y, beta_v=None, centered=None, seed=0, checkpoint=None):
     model = build_model(spec, backend=backend, gradient=gradient, beta_v=beta_v, centered=centered, seed=seed)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint)
     loss, _ = model.loss(x, y)
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach()), model
@@ -46,12 +48,22 @@ def compare(estimate: dict, exact: dict) -> list[dict]:
     return rows
 
 
+def _state(checkpoint):
+    if checkpoint is None:
+        return None
+    from .checkpoint import load_checkpoint_file
+    return load_checkpoint_file(checkpoint)["model"]
+
+
 def gradcheck(spec, backend: str = "reference", beta_v: float | None = None, batch: int = 32, seed: int = 0,
-              data: str | None = None, centered: bool = True) -> dict:
+              data: str | None = None, centered: bool = True, checkpoint=None) -> dict:
+    """Per-tensor comparison; ``checkpoint`` checks at trained parameters (where the clamps conduct)."""
+    state = _state(checkpoint)
     probe = build_model(spec, backend="reference", seed=seed)
     x, y, data_name = _batch(probe, data, batch, seed)
-    exact, loss, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed)
-    estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed)
+    exact, loss, ref_model = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
+    estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed,
+                                         checkpoint=state)
     rows = compare(estimate, exact)
     min_cos = min(r["cosine"] for r in rows)
     max_rel = max(r["rel_error"] for r in rows)
@@ -62,19 +74,40 @@ def gradcheck(spec, backend: str = "reference", beta_v: float | None = None, bat
         "thresholds": {"min_cosine": MIN_COSINE, "max_rel_error": MAX_REL_ERROR},
         "ok": bool(min_cos >= MIN_COSINE and max_rel <= MAX_REL_ERROR),
         "solver_stats": model.solver_stats(),
+        "nonlinear_active_fraction": _active_fractions(ref_model, x),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
     }
 
 
-def beta_sweep(spec, backend: str, betas, batch: int = 32, seed: int = 0, data: str | None = None) -> dict:
+def _active_fractions(model, x) -> list[float]:
+    """Per energy block: share of junctions carrying > 0.1 uA on this batch (is the check nonlinear?)."""
+    from .blocks import EnergyBlock
+    from .backends.reference import ReferenceBackend
+    from .verify import _conducting_fraction
+    out, h = [], x
+    with torch.no_grad():
+        for m in model.layers:
+            if isinstance(m, EnergyBlock):
+                c = m.circuit
+                eq = ReferenceBackend().solve(c, h)
+                out.append(_conducting_fraction(c, eq.node_voltages_v))
+            h = m(h)
+    return out
+
+
+def beta_sweep(spec, backend: str, betas, batch: int = 32, seed: int = 0, data: str | None = None,
+               checkpoint=None) -> dict:
     """min cosine and max relative error against beta, centered and one-sided."""
+    state = _state(checkpoint)
     probe = build_model(spec, backend="reference", seed=seed)
     x, y, _ = _batch(probe, data, batch, seed)
-    exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed)
+    exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
     out = {"betas_v": list(map(float, betas))}
     for mode, centered in (("centered", True), ("one_sided", False)):
         cos, rel = [], []
         for b in betas:
-            est, _, _ = model_gradients(spec, backend, "ep", x, y, beta_v=float(b), centered=centered, seed=seed)
+            est, _, _ = model_gradients(spec, backend, "ep", x, y, beta_v=float(b), centered=centered, seed=seed,
+                                        checkpoint=state)
             rows = compare(est, exact)
             cos.append(min(r["cosine"] for r in rows))
             rel.append(max(r["rel_error"] for r in rows))
