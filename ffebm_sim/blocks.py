@@ -15,13 +15,13 @@ optimizer sees numbers near 1 rather than 1e-4 S): ``G = weight * unit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .backends import Backend, Nudge, get_backend
+from .backends import Backend, get_backend
 from .backends.reference import DTYPE, ReferenceBackend
 from .circuit import BlockCircuit
 from .ep import DEFAULT_BETA_V, SolveFailed, ep_gradients, implicit_gradients

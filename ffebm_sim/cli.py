@@ -255,6 +255,9 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
 from .bench import bench  # noqa: E402  (a click group defined in its own module)
 
 cli.add_command(bench)
+from .analyze.cli import analyze  # noqa: E402
+
+cli.add_command(analyze)
 
 
 def main(argv=None) -> int:

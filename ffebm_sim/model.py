@@ -36,7 +36,6 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -47,7 +46,9 @@ from .spec import _check_keys, _number, block_from_dict, load_block, read_toml
 
 MODEL_KEYS = {"name", "input_size", "loss", "blocks", "training"}
 LOSS_KEYS = {"kind", "logit_scale", "targets", "nudge"}
-ENERGY_KEYS = {"type", "beta", "centered", "g_min", "g_max", "output_gain", "dac", "adc", "circuit", "spec"}
+# node/wire capacitance and the device preset are read by `ffebm analyze` (settling, pulse counts)
+ENERGY_KEYS = {"type", "beta", "centered", "g_min", "g_max", "output_gain", "dac", "adc", "circuit", "spec",
+               "node_capacitance_f", "wire_capacitance_f", "device"}
 DIGITAL_KEYS = {"type", "args"}
 LOSSES = ("cross_entropy", "mse")
 
@@ -60,8 +61,10 @@ def _torch_module(where: str, entry: dict) -> nn.Module:
         raise SpecError(f"{where}.type: {name!r} is neither 'energy' nor a torch.nn module "
                         "(e.g. Linear, Conv2d, BatchNorm1d, ReLU, Tanh, Flatten)")
     args = entry.get("args", {})
+    if not isinstance(args, (list, dict)):
+        raise SpecError(f"{where}.args: {args!r}; a table of keyword arguments or a list of positional ones")
     try:
-        return cls(*args) if isinstance(args, list) else cls(**_check_keys(f"{where}.args", args, set(args)))
+        return cls(*args) if isinstance(args, list) else cls(**args)
     except (TypeError, ValueError, RuntimeError) as e:
         raise SpecError(f"{where} ({name}): bad arguments {args!r}: {' '.join(str(e).split())}") from None
 
