@@ -10,15 +10,49 @@ Workers are started with ``spawn`` (never ``fork``: the parent may hold a
 libngspice and torch's thread pools) and stay up until :meth:`PoolEngine.close`
 or interpreter exit. Each worker is single-threaded, so its libngspice is
 never used from two threads.
+
+**Worker crashes.** A worker that dies mid-batch (a segfault in libngspice,
+SIGKILL, the OOM killer) breaks a ``ProcessPoolExecutor``: every job in flight
+or still queued fails with ``BrokenProcessPool``. The engine then starts a new
+pool and runs the lost jobs again (jobs that had finished keep their results).
+A job's answer depends only on the job (the new worker loads the deck afresh,
+and every solve is history-free), so the batch's results are bit-identical to
+a crash-free run. ``restarts`` counts new pools, ``lost_jobs`` the jobs run
+again. A job lost in two crashes is then run alone, so a job that kills its
+worker ``max_crashes`` (3) times is identified for certain, and
+:class:`WorkerCrashError` names it (its samples and deck) instead of looping.
+
+**Fault injection** (tests, ``benchmarks/fault_injection.py``): when the
+environment variable ``FFEBM_FAULT_DIR`` names a directory, a worker about to
+run a job first claims one file ``once-*`` there (an atomic rename to
+``fired-*``) and, if it got one, SIGKILLs itself; a file ``at-<N>[-tag]`` is
+claimed the same way by a worker about to run its N-th job (a kill mid-run);
+a file ``always`` holding a
+number ``n`` kills every job of ``n`` samples. Workers read the variable from
+the environment they were started with. Only worker processes ever run the
+hook (never the process that owns the engine).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from .ngspice import DeckJob, JobResult, run_job, session, session_stats
+
+FAULT_DIR_ENV = "FFEBM_FAULT_DIR"
+#: A job that took its worker down this many times is given up on (WorkerCrashError).
+MAX_CRASHES = 3
+
+log = logging.getLogger("ffebm_sim.pool")
+
+
+class WorkerCrashError(RuntimeError):
+    """A job killed its worker process ``max_crashes`` times; the message names the job."""
 
 
 def _start_worker() -> None:
@@ -28,24 +62,145 @@ def _start_worker() -> None:
     session()            # load libngspice now, not inside the first timed job
 
 
-class PoolEngine:
-    """``workers`` processes, each with its own libngspice."""
+_JOBS_RUN = 0      # jobs this worker process has started (for at-<N> faults)
 
-    def __init__(self, workers: int):
+
+def inject_fault(job: DeckJob) -> None:
+    """The fault-injection hook (see the module docstring): SIGKILL this process when told to."""
+    where = os.environ.get(FAULT_DIR_ENV)
+    if not where or not os.path.isdir(where):
+        return
+    try:
+        names = sorted(os.listdir(where))
+    except OSError:
+        return
+    global _JOBS_RUN
+    _JOBS_RUN += 1
+    for name in names:
+        if name.startswith("at-"):          # at-<N>[-tag]: this worker's N-th job
+            try:
+                if int(name.split("-")[1]) != _JOBS_RUN:
+                    continue
+            except ValueError:
+                continue
+            try:
+                os.rename(os.path.join(where, name), os.path.join(where, f"fired-{name}-{os.getpid()}"))
+            except OSError:
+                continue
+            os.kill(os.getpid(), signal.SIGKILL)
+        if name.startswith("once-"):
+            try:   # rename is atomic: exactly one worker claims each token
+                os.rename(os.path.join(where, name), os.path.join(where, f"fired-{name[5:]}-{os.getpid()}"))
+            except OSError:
+                continue
+            os.kill(os.getpid(), signal.SIGKILL)
+    always = os.path.join(where, "always")
+    if os.path.isfile(always):
+        try:
+            n = int(open(always).read().strip() or -1)
+        except (OSError, ValueError):
+            return
+        if job.values.shape[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_job_in_worker(job: DeckJob) -> JobResult:
+    """What a worker process runs: the fault hook (tests only), then :func:`~.ngspice.run_job`."""
+    inject_fault(job)
+    return run_job(job)
+
+
+def describe_job(jobs: list[DeckJob], k: int) -> str:
+    start = sum(j.values.shape[0] for j in jobs[:k])
+    job = jobs[k]
+    return (f"job {k + 1} of {len(jobs)} (samples {start}..{start + job.values.shape[0] - 1} of the batch, "
+            f"{job.method}, deck sha256 {job.deck_digest[:12]})")
+
+
+class PoolEngine:
+    """``workers`` processes, each with its own libngspice; restarted when one dies."""
+
+    def __init__(self, workers: int, max_crashes: int = MAX_CRASHES):
         self.workers = workers
-        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        self.max_crashes = max_crashes
+        self.restarts = 0           # pools started after a worker died
+        self.lost_jobs = 0          # jobs run again because of that
+        self._executor = None
+        self._start()
+
+    def _start(self) -> None:
+        self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_start_worker)
         # start every worker now (spawn takes about a second) so timings see a warm pool
-        list(self._executor.map(_warm, range(workers)))
+        try:
+            list(self._executor.map(_warm, range(self.workers)))
+        except BrokenProcessPool:      # a worker died while starting: try once more
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = ProcessPoolExecutor(max_workers=self.workers,
+                                                 mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_start_worker)
+
+    def _restart(self, why: str) -> None:
+        self.restarts += 1
+        log.warning("ngspice worker died (%s); starting a new pool (restart %d)", why, self.restarts)
+        try:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        except Exception:  # noqa: BLE001 - a broken pool may complain while shutting down
+            pass
+        self._start()
 
     def map(self, jobs: list[DeckJob]) -> list[JobResult]:
-        if len(jobs) == 1:
-            return [self._executor.submit(run_job, jobs[0]).result()]
-        return list(self._executor.map(run_job, jobs))
+        results: list[JobResult | None] = [None] * len(jobs)
+        crashes = [0] * len(jobs)
+        pending = list(range(len(jobs)))
+        idle = 0
+        while pending:
+            # Jobs already lost twice run alone (one at a time), so the job that kills its worker is known.
+            suspects = [k for k in pending if crashes[k] >= 2]
+            batch = suspects[:1] if suspects else pending
+            try:
+                futures = {k: self._executor.submit(run_job_in_worker, jobs[k]) for k in batch}
+            except BrokenProcessPool:      # a worker died between batches (idle): restart, lose nothing
+                idle += 1
+                if idle > self.max_crashes:
+                    raise WorkerCrashError(f"ngspice worker: the pool broke {idle} times before running a job; "
+                                           f"check memory and the libngspice install") from None
+                self._restart("between jobs")
+                continue
+            lost = []
+            for k, fut in futures.items():
+                try:
+                    results[k] = fut.result()
+                except BrokenProcessPool:
+                    lost.append(k)
+            if not lost:
+                pending = [k for k in pending if results[k] is None]
+                continue
+            for k in lost:
+                crashes[k] += 1
+            dead = [k for k in lost if crashes[k] >= self.max_crashes]
+            self.lost_jobs += len(lost)
+            self._restart(f"{len(lost)} job(s) lost")
+            if dead:
+                raise WorkerCrashError(
+                    f"ngspice worker: {describe_job(jobs, dead[0])} killed its worker process {crashes[dead[0]]} "
+                    f"times (segfault, SIGKILL or out of memory); run it alone with workers=1 and inspect the deck "
+                    f"with 'ffebm netlist' and 'ngspice -b'")
+            pending = [k for k in pending if results[k] is None]
+        return results
 
     def stats(self) -> list[dict]:
         """Session counters of the workers that answer (for benchmarks)."""
+        for _ in range(self.max_crashes):
+            try:
+                return list(self._executor.map(_stats, range(self.workers)))
+            except BrokenProcessPool:
+                self._restart("while reading stats")
         return list(self._executor.map(_stats, range(self.workers)))
+
+    def fault_stats(self) -> dict:
+        """Restarts of the pool and jobs run again because a worker died."""
+        return {"restarts": self.restarts, "lost_jobs": self.lost_jobs}
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
