@@ -6,13 +6,23 @@ an optimizer step (Adam; digital parameters at ``lr``, conductances at
 ``lr_analog`` in units of each block's conductance unit), then the
 conductances are projected back into ``[g_min, g_max]``.
 
+With ``device`` (a preset of :mod:`ffebm_sim.hardware`) the conductances are
+not Adam's: each energy block gets its own update rule (``update``: ``sgd``,
+``mixed``, ``tiki-taka``, ``shd``) on devices of that preset scaled to the
+block's ``[g_min, g_max]``, and ``rule.step(weights, grads, lr_analog)`` turns
+each gradient into pulses. ``lr_analog`` is then the rule's step in weight
+units per unit gradient (requested change ``dG = -lr_analog * dL/dw * unit``),
+not an Adam step size: it sets how many pulses a gradient asks for, so it
+needs a different value than Adam's (default: :func:`default_lr_analog`). The
+digital parameters keep Adam at ``lr``. The schedule scales both learning rates.
+
 Determinism: the digital initialisation is seeded, the conductances come from
 the block specs' seeds, and epoch ``e`` shuffles with a generator seeded by
 ``(seed, e)``; so a run resumed from the checkpoint of epoch ``e`` ends with
 the same weights and metrics as an uninterrupted run.
 
 Run directory: ``config.json`` (the resolved configuration), ``metrics.csv`` and
-``metrics.json`` (per epoch), ``checkpoints/epoch_NNNN.pt`` (atomic, with
+``metrics.json`` (per epoch; with a device also the pulses sent), ``checkpoints/epoch_NNNN.pt`` (atomic, with
 checksums), ``learning_curves.png`` and ``summary.json``.
 """
 
@@ -38,6 +48,24 @@ from .spec import read_toml
 
 TRAINING_KEYS = {"epochs", "batch_size", "lr", "lr_analog", "schedule"}
 SCHEDULES = ("cosine", "constant")
+ADAM_LR_ANALOG = 2e-3
+DEFAULT_UPDATE = "sgd"
+# Step of a device update rule (weight units per unit dL/dw) when --lr-analog is not given with
+# --device. A pulse rule's lr multiplies the gradient (requested dG = -lr * dL/dw * unit): it sets
+# how many pulses a gradient asks for, so it is not Adam's step size. Tuned on
+# circuits/digits_ffebm.toml (benchmarks/bench_devices.py, the same 4-run grid per rule, chosen by
+# training loss): ideal/sgd and reram/*. Presets not tuned take the rule's reram value: in
+# expectation SGD's update does not depend on the device's step, and the two-array rules' lr
+# (the fast array's drive) is relative to the same range.
+DEVICE_LR_ANALOG = {("ideal", "sgd"): 0.03, ("reram", "sgd"): 0.03, ("reram", "mixed"): 0.1,
+                    ("reram", "tiki-taka"): 1.0, ("reram", "shd"): 1.0}
+
+
+def default_lr_analog(device: str, update: str) -> float:
+    """The device rule's lr when none is given: the tuned value, else the rule's reram value."""
+    return DEVICE_LR_ANALOG.get((device, update), DEVICE_LR_ANALOG[("reram", update)])
+
+PULSE_KEYS = ("pulses", "pulses_up", "pulses_down", "fast_pulses", "capped", "reads", "transfers")
 
 
 @dataclass(frozen=True)
@@ -53,13 +81,36 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 2e-3
-    lr_analog: float = 2e-3
+    lr_analog: float | None = None     # None: ADAM_LR_ANALOG, or default_lr_analog() with a device
     schedule: str = "cosine"
     seed: int = 0
     beta_v: float | None = None
     backend_options: dict = field(default_factory=dict)
+    device: str | None = None          # a hardware preset: conductances updated by pulses (None: Adam)
+    update: str | None = None          # the device update rule (default DEFAULT_UPDATE with a device)
+    update_options: dict = field(default_factory=dict)   # rule options, e.g. {"coupling": 0.02}
 
     def validate(self) -> "TrainConfig":
+        """Check every field; returns the config with ``update`` and ``lr_analog`` resolved."""
+        from .hardware import PRESETS, RULES
+        if self.device is None:
+            if self.update is not None or self.update_options:
+                raise SpecError("--update: a device update rule needs --device PRESET; "
+                                f"valid presets are {', '.join(PRESETS)}")
+            resolved = self if self.lr_analog is not None else replace(self, lr_analog=ADAM_LR_ANALOG)
+        else:
+            if self.device not in PRESETS:
+                raise SpecError(f"--device: unknown preset {self.device!r}; valid presets are {', '.join(PRESETS)}")
+            update = self.update or DEFAULT_UPDATE
+            if update not in RULES:
+                raise SpecError(f"--update: unknown rule {update!r}; valid rules are {', '.join(RULES)}")
+            if not isinstance(self.update_options, dict):
+                raise SpecError(f"update_options: {self.update_options!r}; a table of rule options")
+            resolved = replace(self, update=update, lr_analog=self.lr_analog if self.lr_analog is not None
+                               else default_lr_analog(self.device, update))
+        return resolved._validate()
+
+    def _validate(self) -> "TrainConfig":
         if self.data not in DATASETS:
             raise SpecError(f"--data: unknown data set {self.data!r}; valid data sets are {', '.join(DATASETS)}")
         if self.gradient not in ("ep", "implicit"):
@@ -80,6 +131,9 @@ class TrainConfig:
 def config_with_spec_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
     """Fill options the user did not give from the model spec's [training] table."""
     spec = read_toml(config.model)
+    if config.device is not None:
+        # The spec's lr_analog is an Adam step size; a device rule takes its own (default_lr_analog).
+        given = set(given) | {"lr_analog"}
     table = spec.get("training", {})
     if not isinstance(table, dict):
         raise SpecError("training: expected a table of defaults (epochs, batch_size, lr, lr_analog)")
@@ -89,14 +143,44 @@ def config_with_spec_defaults(config: TrainConfig, given: set[str]) -> TrainConf
     return replace(config, **{k: v for k, v in table.items() if k not in given}).validate()
 
 
-def _optimizer(model: FFEBM, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: FFEBM, config: TrainConfig) -> torch.optim.Optimizer | None:
+    """Adam on the digital parameters, and on the conductances unless a device rule owns them."""
     analog = [p for b in model.energy_blocks for p in b.all_weights()]
     analog_ids = {id(p) for p in analog}
     digital = [p for p in model.parameters() if id(p) not in analog_ids]
-    groups = [{"params": analog, "lr": config.lr_analog}]
+    groups = [] if config.device is not None else [{"params": analog, "lr": config.lr_analog}]
     if digital:
         groups.append({"params": digital, "lr": config.lr})
-    return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups) if groups else None
+
+
+def _schedule(config: TrainConfig):
+    """The learning-rate factor during epoch ``e + 1`` (cosine decay over the run, or constant)."""
+    if config.schedule == "cosine":
+        return lambda e: 0.5 * (1 + np.cos(np.pi * min(e, config.epochs) / config.epochs))
+    return lambda e: 1.0
+
+
+def rule_seed(seed: int, block_index: int) -> int:
+    """The device draws of energy block ``block_index`` (0-based) for run seed ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(block_index)]).generate_state(1)[0])
+
+
+def make_update_rules(model: FFEBM, config: TrainConfig) -> list | None:
+    """One update rule per energy block on ``config.device`` scaled to the block's range (None: no device)."""
+    if config.device is None:
+        return None
+    from .hardware import get_device, make_update_rule
+    rules = []
+    for k, block in enumerate(model.energy_blocks):
+        if block.g_max_s is None:
+            raise SpecError(f"--device: energy block '{block.template.name}' has no g_max; "
+                            "set g_max (S) in its [[blocks]] entry: the device range is [g_min, g_max]")
+        device = get_device(config.device, block.g_min_s, block.g_max_s)
+        rules.append(make_update_rule(config.update, device, [tuple(w.shape) for w in block.all_weights()],
+                                      seed=rule_seed(config.seed, k), unit_s=block.conductance_unit_s,
+                                      **config.update_options))
+    return rules
 
 
 @torch.no_grad()
@@ -204,12 +288,12 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
                         beta_v=config.beta_v, seed=config.seed)
     if model.input_size is not None and model.input_size != data.n_features:
         raise SpecError(f"--data: {config.data} has {data.n_features} features, model '{model.name}' takes {model.input_size}")
+    rules = make_update_rules(model, config)       # before the run directory: bad options leave no files
     run, config = prepare_run_dir(config, resume, epochs_given)
     optimizer = _optimizer(model, config)
     # Cosine decay of both learning rates over the run's epochs (constant: none).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, (lambda e: 0.5 * (1 + np.cos(np.pi * min(e, config.epochs) / config.epochs)))
-        if config.schedule == "cosine" else (lambda e: 1.0))
+    factor = _schedule(config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if optimizer is not None else None
     metrics: list[dict] = []
     start = 0
     if resume:
@@ -217,8 +301,15 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
         if latest is not None:
             start, state = latest
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            if optimizer is not None:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            if rules is not None:
+                saved = state.get("update_rules")
+                if not saved or len(saved) != len(rules):
+                    raise SpecError(f"--resume: {run} checkpoint of epoch {start} holds no device update-rule state")
+                for rule, rule_state in zip(rules, saved):
+                    rule.load_state_dict(rule_state)
             metrics = state["metrics"]
             for block, stats in zip(model.energy_blocks, state["solver_stats"]):
                 block.stats.solves, block.stats.failures = stats["solves"], stats["failures"]
@@ -232,14 +323,26 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
         perm = torch.randperm(n, generator=gen)
         bar = _progress(n, f"epoch {epoch}/{config.epochs}")
         run_loss, run_correct, seen = 0.0, 0, 0
+        pulses = None
+        if rules is not None:
+            from .hardware import UpdateStats
+            pulses, lr_rule = UpdateStats(), config.lr_analog * factor(epoch - 1)
         model.train()
         for s in range(0, n, config.batch_size):
             idx = perm[s:s + config.batch_size]
             xb, yb = data.x_train[idx], data.y_train[idx]
-            optimizer.zero_grad(set_to_none=True)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+            if rules is not None:
+                model.zero_grad(set_to_none=True)
             loss, pred = model.loss(xb, yb)
             loss.backward()
-            optimizer.step()
+            if optimizer is not None:
+                optimizer.step()
+            if rules is not None:
+                for block, rule in zip(model.energy_blocks, rules):
+                    weights = block.all_weights()
+                    pulses = pulses + rule.step(weights, [w.grad for w in weights], lr_rule)
             model.project()
             run_loss += float(loss.detach()) * len(idx)
             run_correct += int((pred == yb).sum())
@@ -249,7 +352,8 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
                 bar.set_postfix(loss=f"{run_loss / seen:.4f}", acc=f"{100 * run_correct / seen:.1f}%")
         if bar is not None:
             bar.close()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         model.eval()
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
         stats = model.solver_stats()
@@ -257,18 +361,29 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
                "test_loss": test_loss, "test_accuracy": test_acc,
                "seconds": time.perf_counter() - t0, "elapsed_seconds": time.perf_counter() - t_run,
                "solves": stats["solves"] - solves0["solves"], "failures": stats["failures"] - solves0["failures"]}
+        if pulses is not None:
+            # Pulses this epoch: to the weight devices (up/down), to fast devices, capped requests,
+            # fast-device reads and transfer events (see ffebm_sim.hardware.UpdateStats).
+            counts = pulses.as_dict()
+            row.update({k: counts[k] for k in PULSE_KEYS})
+            row["lr_analog"] = lr_rule
         metrics.append(row)
         save_checkpoint(run / "checkpoints", epoch, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "update_rules": [r.state_dict() for r in rules] if rules is not None else None,
             "epoch": epoch,
             "metrics": metrics, "config": asdict(config),
             "solver_stats": [b.stats.as_dict() for b in model.energy_blocks]})
         _write_metrics(run, metrics)
-        _plot(run, metrics, f"{model.name} on {config.data}, {config.backend} backend, {config.gradient}")
+        _plot(run, metrics, f"{model.name} on {config.data}, {config.backend} backend, {config.gradient}"
+              + (f", {config.device} devices, {config.update}" if config.device else ""))
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             return None
         log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}% | "
-            f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {row['seconds']:.1f} s, {row['solves']} solves")
+            f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {row['seconds']:.1f} s, {row['solves']} solves"
+            + (f", {row['pulses']} pulses" if pulses is not None else ""))
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
     last = metrics[-1] if metrics else {}
     summary = {
@@ -277,6 +392,8 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
         "train_accuracy": train_acc, "train_loss": train_loss,
         "seconds": last.get("elapsed_seconds", 0.0), "seed": config.seed,
         "solver_stats": model.solver_stats(),
+        "device": config.device, "update": config.update,
+        "pulses": sum(m.get("pulses", 0) for m in metrics) if config.device else None,
         "run_dir": str(run), "learning_curves": str(run / "learning_curves.png"),
     }
     _atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=1).encode())
