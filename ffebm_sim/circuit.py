@@ -15,6 +15,11 @@ Hardware view (layers 0..m, layer 0 the input, layer m the output):
 * each output node can be nudged: a current source (``nudge="current"``) or a
   conductance to a target voltage (``nudge="resistive"``, MSE cost).
 
+Optional non-idealities (defaults: none): ``wire_resistance_ohm`` lays every
+layer out as a crossbar with resistive lines, ``mismatch`` (a seeded
+:class:`Mismatch`) gives every resistor and diode its own parameters,
+``temperature_c`` sets the circuit temperature (see docs/nonideal.md).
+
 The "free" nodes, whose voltages a solver finds, are layers 1..m in order;
 ``free_node_names`` gives the SPICE node names in that order.
 
@@ -30,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .devices import DiodeModel, PwlTable
+from .devices import NOMINAL_TEMPERATURE_C, DiodeModel, PwlTable, saturation_current_at, thermal_voltage_v
 from .errors import SpecError
 
 NONLINEARITY_KINDS = ("double", "single", "ideal", "pwl")
@@ -82,6 +87,9 @@ class Nonlinearity:
         if self.kind not in NONLINEARITY_KINDS:
             raise SpecError(f"nonlinearity: unknown kind {self.kind!r}; valid kinds are {', '.join(NONLINEARITY_KINDS)}")
         object.__setattr__(self, "v_off_v", _finite("v_off", self.v_off_v, "the clamp offset in volts"))
+        if self.kind in ("double", "ideal") and self.v_off_v < 0:
+            # the upper rail would sit below the lower one: both junctions conduct rail to rail
+            raise SpecError(f"v_off: {self.v_off_v!r} < 0 crosses the clamp rails of a '{self.kind}' clamp; volts, >= 0")
         if self.kind == "pwl":
             if self.table is None:
                 raise SpecError("nonlinearity: kind 'pwl' needs a table of voltages and currents")
@@ -134,6 +142,10 @@ def _check_table(t: PwlTable) -> None:
         raise SpecError("pwl table currents: must not decrease (a passive monotone element keeps the equilibrium unique)")
 
 
+#: Smallest non-zero conductance a deck can carry (1/G must be a finite resistance), S.
+MIN_CONDUCTANCE_S = 1e-30
+
+
 def _readonly(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
     try:
         a = np.array(array, dtype=np.float64)
@@ -145,11 +157,59 @@ def _readonly(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
     if bad.any():
         idx = tuple(int(k) for k in np.argwhere(bad)[0])
         raise SpecError(f"{name}: {a[idx]} at {list(idx)} is not finite; conductances in siemens, >= 0")
+    tiny = (a > 0) & (a < MIN_CONDUCTANCE_S)
+    if tiny.any():
+        idx = tuple(int(k) for k in np.argwhere(tiny)[0])
+        raise SpecError(f"{name}: {a[idx]!r} at {list(idx)} is below {MIN_CONDUCTANCE_S:g} S (its resistance overflows); "
+                        "conductances in siemens, 0 (open) or >= 1e-30")
     if (a < 0).any():
         idx = tuple(int(k) for k in np.argwhere(a < 0)[0])
         raise SpecError(f"{name}: negative value {a[idx]!r} at {list(idx)}; conductances in siemens, >= 0")
     a.setflags(write=False)
     return a
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """Seeded device-to-device variation, resolved into per-element factors by :class:`BlockCircuit`.
+
+    Every factor is log-normal, ``exp(sigma * z)`` with ``z`` a standard normal
+    draw, so it stays positive and its median is 1:
+
+    * ``conductance_sigma``: each resistor's conductance (layers and bias) is
+      ``G_actual = G * exp(conductance_sigma * z)``; ``G`` is the programmed
+      (trained) value, ``G_actual`` what the hardware conducts;
+    * ``is_sigma``: each diode's saturation current, ``IS * exp(is_sigma * z)``;
+    * ``n_sigma``: each diode's emission coefficient, ``N * exp(n_sigma * z)``.
+
+    The draws depend only on ``seed`` and the layer sizes (independent streams
+    per quantity and layer), not on the conductance values: the same chip keeps
+    the same mismatch pattern while it is trained.
+    """
+
+    conductance_sigma: float = 0.0
+    is_sigma: float = 0.0
+    n_sigma: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("conductance_sigma", "is_sigma", "n_sigma"):
+            v = _finite(f"mismatch.{name}", getattr(self, name), "a log-normal sigma, >= 0")
+            if v < 0:
+                raise SpecError(f"mismatch.{name}: {v!r} is negative; a log-normal sigma, >= 0")
+            object.__setattr__(self, name, v)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise SpecError(f"mismatch.seed: {self.seed!r}; a non-negative integer")
+
+    def factors(self, what: int, layer: int, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+        """Factors of one quantity (``what``: 0 conductance, 1 bias+, 2 bias-, 3 IS, 4 N) of one layer."""
+        if sigma == 0:
+            out = np.ones(shape)
+        else:
+            z = np.random.default_rng([int(self.seed), what, layer]).standard_normal(shape)
+            out = np.exp(sigma * z)
+        out.setflags(write=False)
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +230,22 @@ class BlockCircuit:
         gmin_s: ngspice's GMIN, used for every junction (siemens).
         nudge: ``"current"`` or ``"resistive"``.
         name: a label used in decks and reports.
+        wire_resistance_ohm: resistance (ohm) of each line segment when the
+            block is laid out as crossbars (0: ideal wires, no crossbar nodes).
+            Layer ``k`` is one crossbar: a row line per driving node (for
+            ``k = 1`` the input sources, in ``G_1`` row order, then the ``+``
+            and ``-`` bias rails when there is a bias) entering at the left
+            edge, a column line per layer-``k`` node leaving at the bottom
+            edge; row ``i`` meets column ``j`` at cross-point ``(i, j)``, where
+            the device ``G_k[i, j]`` joins row node ``r<k>_<i>_<j>`` to column
+            node ``c<k>_<i>_<j>``. Each row has ``n_cols`` segments (driver ->
+            cross-point 0 -> ... -> cross-point n_cols-1), each column
+            ``n_rows`` segments (cross-point 0 -> ... -> n_rows-1 -> the node).
+        temperature_c: circuit temperature (ngspice ``temp``); TNOM stays 27 C.
+            Junctions follow ngspice's IS(T) and N*Vt(T); resistors (no TC) do not change.
+        mismatch: a seeded :class:`Mismatch`; its per-element factors are
+            resolved at construction (``conductance_factors``, ``bias_factors``,
+            ``diode_factors``).
     """
 
     layer_sizes: tuple[int, ...]
@@ -183,6 +259,9 @@ class BlockCircuit:
     gmin_s: float = 1e-12
     nudge: str = "current"
     name: str = "block"
+    wire_resistance_ohm: float = 0.0
+    temperature_c: float = NOMINAL_TEMPERATURE_C
+    mismatch: Mismatch | None = None
 
     def __post_init__(self):
         sizes = self.layer_sizes
@@ -229,6 +308,20 @@ class BlockCircuit:
                     raise SpecError(f"{attr}: {len(arrays)} vectors given, expected one per layer 1..{len(sizes) - 1}")
                 object.__setattr__(self, attr, tuple(
                     _readonly(f"{attr}[{k}]", b, (sizes[k + 1],)) for k, b in enumerate(arrays)))
+        wire = _finite("wire_resistance", self.wire_resistance_ohm, "ohm per crossbar line segment, >= 0")
+        if wire < 0:
+            raise SpecError(f"wire_resistance: {wire!r} is negative; ohm per crossbar line segment, >= 0 (0: ideal wires)")
+        object.__setattr__(self, "wire_resistance_ohm", wire)
+        temp = _finite("temperature", self.temperature_c, "degrees Celsius, -200 to 400")
+        if not -200.0 <= temp <= 400.0:
+            # outside this range SPICE junction models (and silicon) are not meaningful
+            raise SpecError(f"temperature: {temp!r} C is outside -200..400 C; degrees Celsius, -200 to 400")
+        object.__setattr__(self, "temperature_c", temp)
+        if temp != NOMINAL_TEMPERATURE_C and self.has_ideal:
+            raise SpecError("temperature: an 'ideal' layer's steep stand-in junction (N = 0.001) has no meaningful "
+                            "IS(T) (its temperature factor over/underflows); keep temperature = 27 or use kind double/single")
+        if self.mismatch is not None and not isinstance(self.mismatch, Mismatch):
+            raise SpecError(f"mismatch: expected a Mismatch or None, got {type(self.mismatch).__name__}")
 
     # ---- derived structure -------------------------------------------------
 
@@ -266,6 +359,65 @@ class BlockCircuit:
     @property
     def has_ideal(self) -> bool:
         return any(nl is not None and nl.kind == "ideal" for nl in (*self.hidden, self.output))
+
+    # ---- non-idealities ------------------------------------------------------
+
+    @property
+    def has_wires(self) -> bool:
+        """Crossbar layout with resistive lines (``wire_resistance_ohm > 0``)."""
+        return self.wire_resistance_ohm > 0
+
+    @property
+    def has_diode_mismatch(self) -> bool:
+        return self.mismatch is not None and (self.mismatch.is_sigma > 0 or self.mismatch.n_sigma > 0)
+
+    @property
+    def is_ideal_hardware(self) -> bool:
+        """No wire resistance, no mismatch, nominal temperature: the decks and solvers of before issue 6."""
+        return (not self.has_wires and self.temperature_c == NOMINAL_TEMPERATURE_C
+                and (self.mismatch is None or (self.mismatch.conductance_sigma == 0 and not self.has_diode_mismatch)))
+
+    def conductance_factors(self, k: int) -> np.ndarray:
+        """Mismatch factors of ``G_k`` (1..m), the shape of ``conductances[k-1]`` (ones without mismatch)."""
+        shape = self.conductances[k - 1].shape
+        if self.mismatch is None:
+            return np.ones(shape)
+        return self.mismatch.factors(0, k, shape, self.mismatch.conductance_sigma)
+
+    def bias_factors(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mismatch factors of layer k's bias conductances to the + and - rails."""
+        n = (self.layer_sizes[k],)
+        if self.mismatch is None:
+            return np.ones(n), np.ones(n)
+        sigma = self.mismatch.conductance_sigma
+        return self.mismatch.factors(1, k, n, sigma), self.mismatch.factors(2, k, n, sigma)
+
+    def actual_conductances(self) -> tuple[np.ndarray, ...]:
+        """What the hardware conducts: ``G_k * factor`` (S); ``conductances`` are the programmed values."""
+        return tuple(np.asarray(g) * self.conductance_factors(k) for k, g in enumerate(self.conductances, start=1))
+
+    def actual_bias(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
+        if not self.has_bias:
+            return None
+        f = [self.bias_factors(k) for k in range(1, self.depth + 1)]
+        return (tuple(np.asarray(b) * fk[0] for b, fk in zip(self.bias_pos, f)),
+                tuple(np.asarray(b) * fk[1] for b, fk in zip(self.bias_neg, f)))
+
+    def diode_parameters(self, k: int, nl: "Nonlinearity | None" = None) -> dict[str, np.ndarray]:
+        """Per-node junction parameters of layer k (1..m): nominal ``is``/``n`` (what a deck's
+        ``.model`` card says, mismatch included) and ``is_t``/``vte`` at the circuit temperature,
+        each ``(n_k, 2)`` with column 0 the diode to the upper rail, column 1 from the lower rail."""
+        nl = nl or self.layer_nonlinearity(k)
+        d = nl.emitted_diode
+        shape = (self.layer_sizes[k], 2)
+        is_ = np.full(shape, d.saturation_current_a)
+        n_ = np.full(shape, d.emission_coefficient)
+        if self.mismatch is not None:
+            is_ = is_ * self.mismatch.factors(3, k, shape, self.mismatch.is_sigma)
+            n_ = n_ * self.mismatch.factors(4, k, shape, self.mismatch.n_sigma)
+        is_t = saturation_current_at(is_, n_, self.temperature_c)
+        return {"is": is_, "n": n_, "is_t": np.asarray(is_t, dtype=np.float64) * np.ones(shape),
+                "vte": n_ * thermal_voltage_v(self.temperature_c)}
 
     def floating_nodes(self) -> list[str]:
         """Free nodes that nothing conducts to: no resistor, no bias, no junction, no sloped table.
@@ -325,6 +477,16 @@ def source_node_names(n_inputs: int) -> list[str]:
 def source_names(n_inputs: int) -> list[str]:
     """Input voltage sources in G_1 row order."""
     return [f"vxp{i}" for i in range(n_inputs)] + [f"vxm{i}" for i in range(n_inputs)]
+
+
+def row_node_name(k: int, i: int, j: int) -> str:
+    """Crossbar of layer k: the row line of driver i at cross-point j."""
+    return f"r{k}_{i}_{j}"
+
+
+def column_node_name(k: int, i: int, j: int) -> str:
+    """Crossbar of layer k: the column line of node j at cross-point (row) i."""
+    return f"c{k}_{i}_{j}"
 
 
 def free_node_names(circuit: BlockCircuit) -> list[str]:

@@ -75,7 +75,12 @@ def diode_current(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:
 
 def diode_current_and_conductance(v: torch.Tensor, model: DiodeModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Current (A) and small-signal conductance di/dv (S) of the ngspice junction."""
-    vte, isat = model.vte, model.saturation_current_a
+    return junction_current_and_conductance(v, model.saturation_current_a, model.vte, model.gmin_s)
+
+
+def junction_current_and_conductance(v: torch.Tensor, isat, vte, gmin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The junction law with explicit parameters: ``isat`` (A) and ``vte`` = N*Vt (V)
+    may be floats or tensors broadcasting against ``v`` (per-element mismatch, temperature)."""
     forward = v >= -3.0 * vte
     exp_v = torch.exp(v / vte)
     # Reverse branch: arg = (3*vte/(e*v))**3; guard v = 0 where it is unused.
@@ -83,7 +88,7 @@ def diode_current_and_conductance(v: torch.Tensor, model: DiodeModel) -> tuple[t
     arg = (3.0 * vte / (math.e * v_rev)) ** 3
     current = torch.where(forward, isat * (exp_v - 1.0), -isat * (1.0 + arg))
     conductance = torch.where(forward, isat * exp_v / vte, isat * 3.0 * arg / v_rev)
-    return current + model.gmin_s * v, conductance + model.gmin_s
+    return current + gmin * v, conductance + gmin
 
 
 def diode_cocontent(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:
@@ -93,17 +98,52 @@ def diode_cocontent(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:
     of -IS*(1 + c**3/u**3) with c = 3*vte/e, continued from v0 = -3*vte.
     Both include GMIN*v**2/2.
     """
-    vte, isat = model.vte, model.saturation_current_a
+    return junction_cocontent(v, model.saturation_current_a, model.vte, model.gmin_s)
+
+
+def junction_cocontent(v: torch.Tensor, isat, vte, gmin: float) -> torch.Tensor:
+    """:func:`diode_cocontent` with explicit (float or tensor) ``isat`` and ``vte``."""
     forward = v >= -3.0 * vte
     exp_v = torch.exp(v / vte)
     fwd = isat * (vte * (exp_v - 1.0) - v)
     v0 = -3.0 * vte
     c3 = (3.0 * vte / math.e) ** 3
     at_v0 = isat * (vte * (math.exp(-3.0) - 1.0) - v0)
-    v_rev = torch.where(forward, torch.full_like(v, v0), v)
+    v_rev = torch.where(forward, torch.zeros_like(v) + v0, v)
     # integral_{v0}^{v} -IS*(1 + c3*u**-3) du = -IS*[(v - v0) - c3/2*(v**-2 - v0**-2)]
     rev = at_v0 - isat * ((v_rev - v0) - 0.5 * c3 * (v_rev ** -2 - v0 ** -2))
-    return torch.where(forward, fwd, rev) + 0.5 * model.gmin_s * v * v
+    return torch.where(forward, fwd, rev) + 0.5 * gmin * v * v
+
+
+# ---- temperature (ngspice diotemp.c, level-1 junction, TLEV = 0) --------------------------
+
+#: ngspice's junction defaults: saturation-current temperature exponent and band gap (eV).
+DEFAULT_XTI = 3.0
+DEFAULT_EG_EV = 1.11
+
+
+def thermal_voltage_v(temperature_c: float) -> float:
+    """k*T/q at ``temperature_c`` (V), with ngspice's constants."""
+    return BOLTZMANN_J_PER_K * (temperature_c + CELSIUS_TO_KELVIN) / ELECTRON_CHARGE_C
+
+
+def saturation_current_at(is_nominal_a, emission_coefficient, temperature_c: float,
+                          nominal_c: float = NOMINAL_TEMPERATURE_C, xti: float = DEFAULT_XTI,
+                          eg_ev: float = DEFAULT_EG_EV):
+    """IS(T) = IS * (T/Tnom)**(XTI/N) * exp(-EG/(N*Vt(T)) * (1 - T/Tnom)) as ngspice computes it.
+
+    Works on floats or numpy arrays (per-diode IS and N). At T = Tnom it returns IS unchanged.
+    """
+    import numpy as np
+    t = temperature_c + CELSIUS_TO_KELVIN
+    ratio = t / (nominal_c + CELSIUS_TO_KELVIN)
+    if ratio == 1.0:
+        return is_nominal_a
+    vt = thermal_voltage_v(temperature_c)
+    n = np.asarray(emission_coefficient, dtype=np.float64)
+    out = np.asarray(is_nominal_a, dtype=np.float64) * np.exp(
+        (ratio - 1.0) * eg_ev / (n * vt) + xti / n * np.log(ratio))
+    return float(out) if out.ndim == 0 else out
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,15 @@ stays near 1e-6 relative on the example blocks (see ``ffebm gradcheck --plot``).
 ``l_b = ||V_b - y_b||**2 / 2`` to the energy, so the same differences divided
 by ``2*beta_s`` give ``dl_b/dtheta``; ``beta_s = beta_v * g_out / max|V - y|``.
 
+**Non-idealities.** Parameters are the *programmed* conductances ``G``; with
+mismatch the hardware conducts ``G*f`` (``f`` the element's factor), so
+``dE/dG = f * dV**2 / 2``. With wire resistance (crossbars) ``dV`` is the drop
+across the device between its own cross-point nodes, not between the line
+ends: :func:`~ffebm_sim.backends.reference.crossbar_drops` recovers it exactly
+from the terminal (free-node and source) voltages of either backend, the
+crossbar's internal nodes being linear. Source partials stay the currents the
+sources deliver.
+
 **Implicit gradient** (the reference, "BP" for this circuit): at the
 equilibrium the KCL residual ``r(x, theta) = 0``; with ``J = dr/dx`` (symmetric)
 and the adjoint ``lambda = J^{-1} dL/dx``, ``dL/dtheta = -lambda^T dr/dtheta``.
@@ -43,7 +52,7 @@ import numpy as np
 import torch
 
 from .backends.base import Backend, Equilibrium, Nudge, source_voltages
-from .backends.reference import DTYPE, _nonlinear, build_network
+from .backends.reference import DTYPE, _nonlinear, build_network, crossbar_drops
 from .circuit import BlockCircuit
 
 DEFAULT_BETA_V = 1e-3
@@ -77,16 +86,31 @@ def output_conductance_s(circuit: BlockCircuit) -> float:
 
 
 def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium):
-    """Per-sample dE/dtheta at an equilibrium: voltage drops squared / 2, and source currents."""
+    """Per-sample dE/dtheta at an equilibrium: (factor times) voltage drops squared / 2, and source currents."""
     x = eq.node_voltages_v
     v_src = source_voltages(circuit, inputs)
-    layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
-    d_g = [0.5 * (layers[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, circuit.depth + 1)]
+    m = circuit.depth
     d_bp = d_bn = None
-    if circuit.has_bias:
-        vb = circuit.bias_voltage_v
-        d_bp = [0.5 * (layers[k] - vb) ** 2 for k in range(1, circuit.depth + 1)]
-        d_bn = [0.5 * (layers[k] + vb) ** 2 for k in range(1, circuit.depth + 1)]
+    if circuit.has_wires:
+        drops = crossbar_drops(circuit, v_src, x)
+        n_rows = [2 * circuit.n_inputs] + list(circuit.layer_sizes[1:-1])
+        d_g = [0.5 * drops[k][:, :n_rows[k], :] ** 2 for k in range(m)]
+        if circuit.has_bias:
+            d_bp = [0.5 * drops[k][:, -2, :] ** 2 for k in range(m)]
+            d_bn = [0.5 * drops[k][:, -1, :] ** 2 for k in range(m)]
+    else:
+        layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, m + 1)]
+        d_g = [0.5 * (layers[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, m + 1)]
+        if circuit.has_bias:
+            vb = circuit.bias_voltage_v
+            d_bp = [0.5 * (layers[k] - vb) ** 2 for k in range(1, m + 1)]
+            d_bn = [0.5 * (layers[k] + vb) ** 2 for k in range(1, m + 1)]
+    if circuit.mismatch is not None and circuit.mismatch.conductance_sigma > 0:
+        d_g = [d * torch.tensor(circuit.conductance_factors(k)) for k, d in enumerate(d_g, start=1)]
+        if circuit.has_bias:
+            f = [circuit.bias_factors(k) for k in range(1, m + 1)]
+            d_bp = [d * torch.tensor(fk[0]) for d, fk in zip(d_bp, f)]
+            d_bn = [d * torch.tensor(fk[1]) for d, fk in zip(d_bn, f)]
     return d_g, d_bp, d_bn, eq.source_currents_a
 
 
@@ -203,6 +227,10 @@ def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equili
         J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
         g = g * keep
     lam = torch.linalg.solve(J, g.unsqueeze(-1)).squeeze(-1)
+    if circuit.has_wires:
+        return _implicit_crossbar(circuit, inputs, x, lam, net)
+    factors = [torch.tensor(circuit.conductance_factors(k)) for k in range(1, circuit.depth + 1)]
+    bias_f = [circuit.bias_factors(k) for k in range(1, circuit.depth + 1)] if circuit.has_bias else None
     params = [torch.tensor(np.array(c), dtype=DTYPE, requires_grad=True) for c in circuit.conductances]
     bp = bn = None
     if circuit.has_bias:
@@ -210,7 +238,13 @@ def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equili
         bn = [torch.tensor(np.array(c), dtype=DTYPE, requires_grad=True) for c in circuit.bias_neg]
     with torch.enable_grad():       # also when called from an autograd backward
         u = inputs.clone().requires_grad_(True)
-        r = kcl_residual(circuit, params, bp, bn, x, source_voltages(circuit, u))
+        # the hardware conducts programmed * factor (mismatch); autograd carries the factor
+        actual = [p * f for p, f in zip(params, factors)]
+        abp = abn = None
+        if bp:
+            abp = [p * torch.tensor(f[0]) for p, f in zip(bp, bias_f)]
+            abn = [p * torch.tensor(f[1]) for p, f in zip(bn, bias_f)]
+        r = kcl_residual(circuit, actual, abp, abn, x, source_voltages(circuit, u))
         leaves = params + (bp or []) + (bn or []) + [u]
         grads = torch.autograd.grad(-(lam * r).sum(), leaves)
     m = circuit.depth
@@ -218,3 +252,26 @@ def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equili
                           list(grads[m:2 * m]) if bp else None,
                           list(grads[2 * m:3 * m]) if bp else None,
                           grads[-1])
+
+
+def _implicit_crossbar(circuit: BlockCircuit, inputs: torch.Tensor, x: torch.Tensor, lam: torch.Tensor,
+                       net) -> BlockGradients:
+    """Implicit gradient with crossbars: dL/dG_ij = -f_ij * sum_b (lambda_r - lambda_c)(V_r - V_c)
+    at the device's own cross-point nodes. The adjoint of the internal (linear) nodes follows
+    from the free nodes' adjoint as voltages do (fixed terminals: sources and rails at 0)."""
+    m = circuit.depth
+    v_src = source_voltages(circuit, inputs)
+    xd = crossbar_drops(circuit, v_src, x)
+    ld = crossbar_drops(circuit, torch.zeros_like(v_src), lam, rail_v=0.0)
+    n_rows = [2 * circuit.n_inputs] + list(circuit.layer_sizes[1:-1])
+    prod = [-(a * b).sum(0) for a, b in zip(ld, xd)]
+    g = [prod[k][:n_rows[k]] * torch.tensor(circuit.conductance_factors(k + 1)) for k in range(m)]
+    bp = bn = None
+    if circuit.has_bias:
+        f = [circuit.bias_factors(k) for k in range(1, m + 1)]
+        bp = [prod[k][-2] * torch.tensor(f[k][0]) for k in range(m)]
+        bn = [prod[k][-1] * torch.tensor(f[k][1]) for k in range(m)]
+    # dL/dV_src = -lambda^T dr/dV_src, r = L x - v_src @ src_coupling - ...
+    d_vsrc = lam @ net.src_coupling.T
+    n0 = circuit.n_inputs
+    return BlockGradients(g, bp, bn, circuit.input_gain_v * (d_vsrc[:, :n0] - d_vsrc[:, n0:]))

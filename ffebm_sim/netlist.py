@@ -17,6 +17,21 @@ device parameters. With ``control=True`` a ``.control`` block runs ``op`` and
 ``print all`` so ``ngspice -b deck.cir`` prints every node voltage and source
 current (17 digits) and exits 0; backends load the deck without it and drive the analysis themselves.
 
+Non-idealities (issue 6), written only when the circuit has them, so decks of
+ideal circuits are unchanged:
+
+* **temperature**: ``.options temp=T tnom=27``; junction ``.model`` cards keep
+  their 27 C parameters and ngspice applies IS(T), N*Vt(T) (defaults XTI=3, EG=1.11);
+* **mismatch**: every resistor is written with its actual conductance
+  ``G*factor`` (its ohms ``1/(G*factor)``); with IS/N mismatch every diode is a
+  ``D`` card with its own ``.model`` (``dk<k>_<j>u`` / ``dk<k>_<j>d``);
+* **wire resistance**: every layer is a crossbar (see ``BlockCircuit``):
+  row segments ``RWR<k>_<i>_<j>`` (into cross-point j of row i), column
+  segments ``RWC<k>_<i>_<j>`` (out of cross-point (i, j) towards the node),
+  devices between ``r<k>_<i>_<j>`` and ``c<k>_<i>_<j>``. The per-node Norton
+  reduction is not exact with resistive lines, so ``reduced=True`` writes the
+  physical deck (and says so in its header).
+
 Element names (a backend alters them, so they are written once here):
 ``vxp<i>``/``vxm<i>`` input sources, ``in1_<j>`` Norton currents (reduced),
 ``inudge<j>`` nudge currents, ``vy<j>`` resistive-nudge targets.
@@ -29,7 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .circuit import BlockCircuit, Nonlinearity, node_name, source_names, source_node_names
+from .circuit import (BlockCircuit, Nonlinearity, column_node_name, node_name, row_node_name, source_names,
+                      source_node_names)
+from .devices import DEFAULT_EG_EV, DEFAULT_XTI, NOMINAL_TEMPERATURE_C
 from .devices import DiodeModel
 
 LIBRARY_PATH = Path(__file__).resolve().parent.parent / "circuits" / "ffebm.lib"
@@ -131,7 +148,11 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     u = np.zeros(n0) if inputs is None else np.asarray(inputs, dtype=np.float64).reshape(n0)
     a = circuit.input_gain_v
     v_src = np.concatenate([a * u, -a * u])
-    g1 = np.asarray(circuit.conductances[0])
+    wires = circuit.has_wires
+    reduced_requested = reduced
+    reduced = reduced and not wires
+    actual = circuit.actual_conductances()
+    g1 = actual[0]
     models = _Models()
     out: list[str] = []
     form = "reduced (Norton-equivalent input layer)" if reduced else "physical"
@@ -143,9 +164,11 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     ]
     if command:
         out.append(f"* regenerate: {command}")
+    out += _nonideal_header(circuit, reduced_requested)
+    temp = "27" if circuit.temperature_c == NOMINAL_TEMPERATURE_C else num(circuit.temperature_c)
     out += ["", "* ---- analysis options: tight tolerances, junction GMIN and temperature the reference solver models ----",
             f".options {SOLVER_OPTIONS} gmin={num(circuit.gmin_s)}",
-            ".options temp=27 tnom=27", ""]
+            f".options temp={temp} tnom=27", ""]
 
     body: list[str] = []
     if reduced:
@@ -161,31 +184,42 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
         for name, node, v in zip(source_names(n0), source_node_names(n0), v_src):
             body.append(f"{name.upper()} {node} 0 DC {num(v)}")
         body.append("")
-        body.append(f"* ---- layer 1 resistors: {2 * n0} source nodes x {sizes[1]} nodes ----")
-        for s, src in enumerate(source_node_names(n0)):
-            for j in range(sizes[1]):
-                if g1[s, j] > 0:
-                    body.append(f"R1_{src}_{j} {src} {node_name(1, j)} {num(1.0 / g1[s, j])}")
+        if wires:
+            body += _crossbar_cards(circuit, 1, actual[0])
+        else:
+            body.append(f"* ---- layer 1 resistors: {2 * n0} source nodes x {sizes[1]} nodes ----")
+            for s, src in enumerate(source_node_names(n0)):
+                for j in range(sizes[1]):
+                    if g1[s, j] > 0:
+                        body.append(f"R1_{src}_{j} {src} {node_name(1, j)} {num(1.0 / g1[s, j])}")
     for k in range(2, m + 1):
-        g = np.asarray(circuit.conductances[k - 1])
-        body += ["", f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]} ----"]
+        g = actual[k - 1]
+        body.append("")
+        if wires:
+            body += _crossbar_cards(circuit, k, g)
+            continue
+        body.append(f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]} ----")
         for i in range(sizes[k - 1]):
             for j in range(sizes[k]):
                 if g[i, j] > 0:
                     body.append(f"R{k}_{i}_{j} {node_name(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
     if circuit.has_bias:
         vb = circuit.bias_voltage_v
-        body += ["", f"* ---- bias: conductances to the +{num(vb)} V / -{num(vb)} V rails ----",
+        bias_pos, bias_neg = circuit.actual_bias()
+        body += ["", (f"* ---- bias: conductances to the +{num(vb)} V / -{num(vb)} V rails ----" if not wires else
+                      f"* ---- bias rails +{num(vb)} V / -{num(vb)} V: they drive the last two rows of every crossbar above ----"),
                  f"VBP vbp 0 DC {num(vb)}", f"VBM vbm 0 DC {num(-vb)}"]
-        for k in range(1, m + 1):
-            for rail, gs in (("vbp", circuit.bias_pos[k - 1]), ("vbm", circuit.bias_neg[k - 1])):
-                for j, g in enumerate(gs):
-                    if g > 0:
-                        body.append(f"RB{k}_{rail[-1]}{j} {node_name(k, j)} {rail} {num(1.0 / g)}")
+        if not wires:
+            for k in range(1, m + 1):
+                for rail, gs in (("vbp", bias_pos[k - 1]), ("vbm", bias_neg[k - 1])):
+                    for j, g in enumerate(gs):
+                        if g > 0:
+                            body.append(f"RB{k}_{rail[-1]}{j} {node_name(k, j)} {rail} {num(1.0 / g)}")
     for k in range(1, m + 1):
         nl = circuit.layer_nonlinearity(k)
         if nl is not None:
-            body += [""] + _nonlinearity_cards(k, sizes[k], nl, circuit.gmin_s, models)
+            body += [""] + _nonlinearity_cards(k, sizes[k], nl, circuit.gmin_s, models,
+                                               circuit.diode_parameters(k, nl) if circuit.has_diode_mismatch else None)
     body += ["", f"* ---- nudge on the {sizes[-1]} output nodes: current into each node (0 A in the free phase) ----"]
     i_n = np.zeros(sizes[-1]) if nudge_currents_a is None else np.asarray(nudge_currents_a, dtype=np.float64).reshape(-1)
     for j in range(sizes[-1]):
@@ -209,7 +243,64 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     return "\n".join(out)
 
 
-def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, gmin: float, models: _Models) -> list[str]:
+def _nonideal_header(circuit: BlockCircuit, reduced_requested: bool) -> list[str]:
+    """Header comments naming the non-idealities (none for an ideal circuit)."""
+    if circuit.is_ideal_hardware:
+        return []
+    lines = ["* non-idealities:"]
+    if circuit.has_wires:
+        lines.append(f"*   wire resistance {num(circuit.wire_resistance_ohm)} ohm per line segment: every layer is a "
+                     "crossbar, rows r<k>_<i>_<j>, columns c<k>_<i>_<j>")
+        if reduced_requested:
+            lines.append("*   (reduced form requested: the per-node Norton reduction is not exact with resistive lines, "
+                         "so this is the physical deck)")
+    mm = circuit.mismatch
+    if mm is not None and (mm.conductance_sigma > 0 or circuit.has_diode_mismatch):
+        lines.append(f"*   mismatch (seed {mm.seed}, log-normal): conductance sigma {num(mm.conductance_sigma)}, "
+                     f"IS sigma {num(mm.is_sigma)}, N sigma {num(mm.n_sigma)}; resistors are written with their "
+                     "actual conductance G*factor")
+    if circuit.temperature_c != NOMINAL_TEMPERATURE_C:
+        lines.append(f"*   temperature {num(circuit.temperature_c)} C (TNOM 27 C): junction .model cards hold 27 C values; "
+                     f"ngspice applies IS(T) = IS*(T/Tnom)^(XTI/N)*exp(-EG/(N*Vt(T))*(1-T/Tnom)), XTI={num(DEFAULT_XTI)}, "
+                     f"EG={num(DEFAULT_EG_EV)} (defaults), and N*Vt(T)")
+    return lines
+
+
+def _crossbar_cards(circuit: BlockCircuit, k: int, g: np.ndarray) -> list[str]:
+    """Layer k as a crossbar with resistive row and column lines (see ``BlockCircuit.wire_resistance_ohm``)."""
+    sizes = circuit.layer_sizes
+    rw = num(circuit.wire_resistance_ohm)
+    if k == 1:
+        drivers, labels = source_node_names(sizes[0]), source_node_names(sizes[0])
+        names = [f"R1_{src}_{{j}}" for src in labels]
+    else:
+        drivers = [node_name(k - 1, i) for i in range(sizes[k - 1])]
+        names = [f"R{k}_{i}_{{j}}" for i in range(sizes[k - 1])]
+    if circuit.has_bias:
+        bias_pos, bias_neg = circuit.actual_bias()
+        g = np.vstack([g, bias_pos[k - 1][None, :], bias_neg[k - 1][None, :]])
+        drivers = drivers + ["vbp", "vbm"]
+        names = names + [f"RB{k}_p{{j}}", f"RB{k}_m{{j}}"]
+    rows, cols = g.shape
+    lines = [f"* ---- layer {k} crossbar: {rows} rows x {cols} columns, {rw} ohm per line segment ----",
+             "* rows enter from their drivers at cross-point 0; columns leave from their last cross-point to the layer's node"]
+    for i in range(rows):
+        for j in range(cols):
+            prev = drivers[i] if j == 0 else row_node_name(k, i, j - 1)
+            lines.append(f"RWR{k}_{i}_{j} {prev} {row_node_name(k, i, j)} {rw}")
+    for i in range(rows):
+        for j in range(cols):
+            nxt = node_name(k, j) if i == rows - 1 else column_node_name(k, i + 1, j)
+            lines.append(f"RWC{k}_{i}_{j} {column_node_name(k, i, j)} {nxt} {rw}")
+    for i in range(rows):
+        for j in range(cols):
+            if g[i, j] > 0:
+                lines.append(f"{names[i].format(j=j)} {row_node_name(k, i, j)} {column_node_name(k, i, j)} {num(1.0 / g[i, j])}")
+    return lines
+
+
+def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, gmin: float, models: _Models,
+                        per_diode: dict | None = None) -> list[str]:
     lines = [f"* ---- layer {k} nonlinearity: {nl.kind} ----"]
     if nl.kind == "pwl":
         sub = models.table(nl.table)
@@ -222,6 +313,16 @@ def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, gmin: float, models: _
         lines.append("* differs from this deck by about the junction's forward drop (tested in tests/test_agreement.py)")
     lines += [f"VHI{k} vhi{k} 0 DC {num(nl.v_off_v)}", f"VLO{k} vlo{k} 0 DC {num(-nl.v_off_v)}"]
     up, down = nl.clamps_up(n), nl.clamps_down(n)
+    if per_diode is not None:
+        lines.append("* diode mismatch: every junction has its own .model (IS, N at 27 C)")
+        for j in range(n):
+            for col, on, card, nodes in ((0, up[j], "DU", f"{node_name(k, j)} vhi{k}"),
+                                         (1, down[j], "DD", f"vlo{k} {node_name(k, j)}")):
+                if on:
+                    model = f"dk{k}_{j}{'u' if col == 0 else 'd'}"
+                    models.cards.append(f".model {model} D(IS={num(per_diode['is'][j, col])} N={num(per_diode['n'][j, col])})")
+                    lines.append(f"{card}{k}_{j} {nodes} {model}")
+        return lines
     both = models.diode(d, gmin, "clamp_double") if (up & down).any() else None
     only_up = models.diode(d, gmin, "clamp_up") if (up & ~down).any() else None
     only_down = models.diode(d, gmin, "clamp_down") if (~up & down).any() else None

@@ -26,6 +26,15 @@ A block spec (see ``circuits/block_small.toml`` for a commented example)::
     low = 0.0                  # S, seeded uniform draw like the conductances
     high = 1e-5
 
+    # Non-idealities (optional; absent = the ideal circuit, decks unchanged):
+    wire_resistance = 2.0      # ohm per crossbar line segment (0: ideal wires)
+    temperature = 27.0         # C (ngspice temp; TNOM = 27 C)
+    [mismatch]                 # seeded log-normal factors exp(sigma*z) per element
+    conductance_sigma = 0.05   # every resistor's conductance
+    is_sigma = 0.5             # every diode's IS
+    n_sigma = 0.02             # every diode's N
+    seed = 0
+
 Every mistake raises :class:`~ffebm_sim.errors.SpecError` naming the key.
 """
 
@@ -37,11 +46,13 @@ from typing import Any
 
 import numpy as np
 
-from .circuit import NONLINEARITY_KINDS, BlockCircuit, Nonlinearity
+from .circuit import NONLINEARITY_KINDS, BlockCircuit, Mismatch, Nonlinearity
 from .devices import DiodeModel, PwlTable
 from .errors import SpecError
 
-BLOCK_KEYS = {"name", "layers", "input_gain", "output", "nudge", "gmin", "nonlinearity", "conductances", "bias"}
+BLOCK_KEYS = {"name", "layers", "input_gain", "output", "nudge", "gmin", "nonlinearity", "conductances", "bias",
+              "wire_resistance", "temperature", "mismatch"}
+MISMATCH_KEYS = {"conductance_sigma", "is_sigma", "n_sigma", "seed"}
 NONLINEARITY_KEYS = {"kind", "v_off", "diode", "table"}
 CONDUCTANCE_KEYS = {"low", "high", "seed", "file"}
 BIAS_KEYS = {"voltage", "low", "high", "seed"}
@@ -197,9 +208,20 @@ def block_from_dict(spec: dict, base_dir: str | Path = ".", default_name: str = 
                           int(btable.get("seed", 1)) if isinstance(btable.get("seed", 1), int) else -1)
             bias_pos, bias_neg = drawn[:depth], drawn[depth:]
 
+    mismatch = None
+    if "mismatch" in spec:
+        mtable = _check_keys("mismatch", spec["mismatch"], MISMATCH_KEYS)
+        seed = mtable.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SpecError(f"mismatch.seed: {seed!r}; a non-negative integer")
+        mismatch = Mismatch(*(_number(f"mismatch.{key}", mtable.get(key, 0.0), "a log-normal sigma, >= 0")
+                              for key in ("conductance_sigma", "is_sigma", "n_sigma")), seed)
+    wire = _number("wire_resistance", spec.get("wire_resistance", 0.0), "ohm per crossbar line segment, >= 0")
+    temperature = _number("temperature", spec.get("temperature", 27.0), "degrees Celsius")
     gmin = _number("gmin", spec.get("gmin", 1e-12), "GMIN in siemens, >= 0")
     gain = _number("input_gain", spec.get("input_gain", 1.0), "volts per unit input")
     nudge = spec.get("nudge", "current")
     return BlockCircuit(tuple(layers), tuple(conductances), hidden, output, gain, bias_voltage,
                         None if bias_pos is None else tuple(bias_pos),
-                        None if bias_neg is None else tuple(bias_neg), gmin, nudge, name)
+                        None if bias_neg is None else tuple(bias_neg), gmin, nudge, name,
+                        wire_resistance_ohm=wire, temperature_c=temperature, mismatch=mismatch)

@@ -422,6 +422,7 @@ class NgspiceBackend(Backend):
     Args:
         reduced: use the Norton-reduced deck (source currents are then computed
             from the node voltages and ``G_1``, exactly as the reference does).
+            Ignored for circuits with wire resistance: their physical crossbar deck is solved.
         method: ``auto`` (DC sweep for chunks of >= 4 samples, else alter+op),
             ``op`` or ``sweep`` (see the module docstring).
         workers: number of local worker processes (1: solve in this process).
@@ -481,20 +482,27 @@ class NgspiceBackend(Backend):
         for c, gc, deck, dg in self._decks:
             if c is circuit and gc == g:
                 return deck, dg
-        deck = emit_deck(circuit.as_emitted(), reduced=self.reduced, control=False, nudge_conductance_s=g,
+        deck = emit_deck(circuit.as_emitted(), reduced=self._reduced(circuit), control=False, nudge_conductance_s=g,
                          nudge_target_v=np.zeros(circuit.n_outputs) if g != 0 else None)
         dg = digest(deck)
         self._decks = [(circuit, g, deck, dg)] + self._decks[:5]
         return deck, dg
 
+    def _reduced(self, circuit: BlockCircuit) -> bool:
+        """Whether ``circuit`` is solved on the Norton-reduced deck: only when asked for and exact.
+        With wire resistance (crossbars) the per-node Norton reduction is not exact, so the
+        physical deck is solved (``reduced=True`` is then ignored for that circuit)."""
+        return self.reduced and not circuit.has_wires
+
     def jobs(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None) -> tuple[list[DeckJob], dict]:
         """The jobs of one solve request, and what :meth:`assemble` needs."""
         B, n0 = u.shape[0], circuit.n_inputs
         v_src = source_voltages(circuit, u).numpy()
-        g1 = np.asarray(circuit.conductances[0])
+        g1 = circuit.actual_conductances()[0]          # the deck's conductances (mismatch included)
         nodes = free_node_names(circuit)
         names, columns = [], []
-        if self.reduced:
+        reduced = self._reduced(circuit)
+        if reduced:
             names += [norton_source_name(j) for j in range(circuit.layer_sizes[1])]
             columns.append(v_src @ g1)
         else:
@@ -509,7 +517,7 @@ class NgspiceBackend(Backend):
             names += [target_source_name(j) for j in range(circuit.n_outputs)]
             columns.append(nudge.target_v.detach().to(torch.float64).numpy())
         values = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float64)
-        vectors = tuple(nodes + ([] if self.reduced else [f"{name}#branch" for name in source_names(n0)]))
+        vectors = tuple(nodes + ([] if reduced else [f"{name}#branch" for name in source_names(n0)]))
         deck, dg = self._deck(circuit, nudge)
         jobs = []
         for start in range(0, B, self.chunk):
@@ -518,7 +526,7 @@ class NgspiceBackend(Backend):
             if method == "auto":
                 method = "sweep" if part.shape[0] >= SWEEP_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
-        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes)}
+        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
         u = check_batch(circuit, inputs, nudge)
@@ -541,7 +549,7 @@ class NgspiceBackend(Backend):
         if self.measure:
             self.analysis_s += sum(r.analysis_s for r in results)
         volts = values[:, :n_nodes].copy()
-        if not self.reduced:
+        if not extra.get("reduced", self.reduced):
             currents = delivered_from_branch_current(torch.from_numpy(values[:, n_nodes:].copy())).numpy()
         else:
             g1, v_src = extra["g1"], extra["v_src"]

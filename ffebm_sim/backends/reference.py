@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ..circuit import BlockCircuit, free_node_names
-from ..devices import DiodeModel, diode_cocontent, diode_current_and_conductance, pwl_cocontent, pwl_current_and_conductance
+from ..devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
+                       pwl_current_and_conductance)
 from .base import Backend, Equilibrium, Nudge, check_batch, source_voltages
 
 DTYPE = torch.float64
@@ -46,7 +47,9 @@ class _DiodeGroup:
     nodes: torch.Tensor      # free-node indices
     rail_v: float            # the rail's potential
     upward: bool             # True: node -> rail (clamps from above); False: rail -> node
-    model: DiodeModel
+    model: DiodeModel        # the nominal junction (27 C, no mismatch)
+    isat: torch.Tensor       # (len(nodes),) IS at the circuit temperature, per diode (A)
+    vte: torch.Tensor        # (len(nodes),) N*Vt at the circuit temperature, per diode (V)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class _Network:
     lower: torch.Tensor                # (N,) hard bounds (ideal), -inf if none
     upper: torch.Tensor
     has_bounds: bool
+    # With wire resistance (crossbars), from the Kron-reduced terminal matrices:
+    src_coupling: torch.Tensor | None = None   # (2*n0, N): b += v_src @ src_coupling
+    src_self: torch.Tensor | None = None       # (2*n0, 2*n0): source currents = v_src @ src_self
+    src_const: torch.Tensor | None = None      # (2*n0,)        + src_const (bias rails)
+    crossbars: tuple = ()                       # per layer: :class:`Crossbar`
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -76,29 +84,198 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float64))
 
 
+@dataclass(frozen=True)
+class Crossbar:
+    """One layer's crossbar, reduced to its terminals.
+
+    Terminals: the row drivers then the column nodes; ``terminals`` gives each
+    one's index in the global vector ``[free nodes (N), sources (2*n0), +rail, -rail]``.
+    ``y`` (T, T) is the Kron-reduced conductance matrix; ``drop`` (rows*cols, T)
+    maps terminal voltages to the voltage across each device (row node minus
+    column node), row-major over ``(i, j)``; ``internal`` (2*rows*cols, T) to
+    every internal node's voltage (row nodes, then column nodes, row-major).
+    """
+
+    rows: int
+    cols: int
+    terminals: np.ndarray
+    y: np.ndarray
+    drop: np.ndarray
+    internal: np.ndarray
+
+
+def _crossbar_devices(circuit: BlockCircuit, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(actual device conductances (rows, cols), global index of each row driver) of layer k's crossbar."""
+    n_free, n0 = circuit.n_free, circuit.n_inputs
+    g = circuit.actual_conductances()[k - 1]
+    if k == 1:
+        drivers = n_free + np.arange(2 * n0)
+    else:
+        s = circuit.layer_slice(k - 1)
+        drivers = np.arange(s.start, s.stop)
+    if circuit.has_bias:
+        bp, bn = circuit.actual_bias()
+        g = np.vstack([g, bp[k - 1][None, :], bn[k - 1][None, :]])
+        drivers = np.concatenate([drivers, n_free + 2 * n0 + np.arange(2)])
+    return g, drivers
+
+
+def _one_blas_thread():
+    """A small banded solve: BLAS threads only spin (and on a shared machine, slow it 10x)."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(1, user_api="blas")
+    except ImportError:                  # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def crossbar(circuit: BlockCircuit, k: int) -> Crossbar:
+    """Kron reduction of layer k's crossbar (see :class:`Crossbar`).
+
+    The internal nodes' conductance matrix ``L_II`` is symmetric positive
+    definite (every internal node reaches a terminal through the lines) and,
+    numbered cross-point by cross-point along the shorter side, banded with
+    half-bandwidth ``2*min(rows, cols)``: a banded Cholesky (LAPACK ``pbtrf``)
+    solves ``L_II X = L_IT`` for all terminals at once.
+    """
+    from scipy.linalg import solveh_banded
+    a, drivers = _crossbar_devices(circuit, k)
+    m, n = a.shape
+    s = circuit.layer_slice(k)
+    terminals = np.concatenate([drivers, np.arange(s.start, s.stop)])
+    gw = 1.0 / circuit.wire_resistance_ohm
+    # banded numbering: cross-point (i, j) -> 2*cell (row node) and 2*cell + 1 (column node)
+    cell = np.arange(m)[:, None] * n + np.arange(n)[None, :] if n <= m else \
+        np.arange(m)[:, None] + np.arange(n)[None, :] * m
+    band = 2 * min(m, n)
+    r_idx, c_idx = 2 * cell, 2 * cell + 1
+    n_int = 2 * m * n
+    t_row = n_int + np.arange(m)
+    t_col = n_int + m + np.arange(n)
+    p = np.concatenate([t_row, r_idx[:, :-1].ravel(), c_idx[:-1, :].ravel(), c_idx[-1, :], r_idx.ravel()])
+    q = np.concatenate([r_idx[:, 0], r_idx[:, 1:].ravel(), c_idx[1:, :].ravel(), t_col, c_idx.ravel()])
+    g = np.concatenate([np.full(m + m * (n - 1) + (m - 1) * n + n, gw), a.ravel()])
+    # L_II in LAPACK's upper banded storage: ab[band + i - j, j] = L[i, j], i <= j
+    ab = np.zeros((band + 1, n_int))
+    internal = (p < n_int) & (q < n_int)
+    lo, hi = np.minimum(p[internal], q[internal]), np.maximum(p[internal], q[internal])
+    np.add.at(ab, (band + lo - hi, hi), -g[internal])
+    for ends in (p, q):
+        inside = ends < n_int
+        np.add.at(ab[band], ends[inside], g[inside])
+    # L_IT (internal x terminals) and L_TT
+    t_count = m + n
+    l_it = np.zeros((n_int, t_count))
+    l_tt = np.zeros((t_count, t_count))
+    for u_, v_ in ((p, q), (q, p)):
+        sel = (u_ < n_int) & (v_ >= n_int)
+        np.add.at(l_it, (u_[sel], v_[sel] - n_int), -g[sel])
+        sel_t = v_ >= n_int
+        np.add.at(l_tt, (v_[sel_t] - n_int, v_[sel_t] - n_int), g[sel_t])
+    with _one_blas_thread():
+        # internal = -x @ terminals (banded numbering)
+        x = solveh_banded(ab, l_it, check_finite=False)
+    y = l_tt - l_it.T @ x
+    y = 0.5 * (y + y.T)
+    rows = np.concatenate([r_idx.ravel(), c_idx.ravel()])   # back to (row nodes, column nodes), row-major
+    x = x[rows]
+    drop = -(x[:m * n] - x[m * n:])                    # row node minus column node per device
+    return Crossbar(m, n, terminals, y, drop, -x)
+
+
+_CROSSBAR_CACHE: list[tuple[BlockCircuit, tuple[Crossbar, ...]]] = []
+
+
+def crossbars(circuit: BlockCircuit) -> tuple[Crossbar, ...]:
+    """Every layer's :class:`Crossbar` (cached for the last few circuits: EP solves one circuit 3 times)."""
+    for c, xs in _CROSSBAR_CACHE:
+        if c is circuit:
+            return xs
+    xs = tuple(crossbar(circuit, k) for k in range(1, circuit.depth + 1))
+    _CROSSBAR_CACHE.insert(0, (circuit, xs))
+    del _CROSSBAR_CACHE[6:]
+    return xs
+
+
+def terminal_voltages(circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor,
+                      rail_v: float | None = None) -> torch.Tensor:
+    """(B, N + 2*n0 [+ 2]) the global vector [free nodes, sources, +rail, -rail] of a batch
+    (rails at +-``rail_v``, default the circuit's bias voltage)."""
+    parts = [x, v_src]
+    if circuit.has_bias:
+        vb = circuit.bias_voltage_v if rail_v is None else rail_v
+        parts.append(torch.tensor([[vb, -vb]], dtype=x.dtype).expand(x.shape[0], 2))
+    return torch.cat(parts, 1)
+
+
+def crossbar_drops(circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor,
+                   rail_v: float | None = None) -> list[torch.Tensor]:
+    """Per layer, (B, rows, cols) voltage across each crossbar device (row node minus column node).
+
+    With a bias, rows ``-2`` and ``-1`` are the + and - rail rows. Exact: the
+    internal nodes are a linear network fixed by the terminal voltages.
+    """
+    t = terminal_voltages(circuit, v_src, x, rail_v)
+    out = []
+    for xb in crossbars(circuit):
+        d = t[:, torch.from_numpy(xb.terminals)] @ torch.from_numpy(xb.drop).T
+        out.append(d.reshape(-1, xb.rows, xb.cols))
+    return out
+
+
+def crossbar_node_voltages(circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, (B, 2, rows, cols): the row-node and column-node voltages of every cross-point
+    (``r<k>_<i>_<j>``, ``c<k>_<i>_<j>`` in a deck)."""
+    t = terminal_voltages(circuit, v_src, x)
+    return [(t[:, torch.from_numpy(xb.terminals)] @ torch.from_numpy(xb.internal).T).reshape(-1, 2, xb.rows, xb.cols)
+            for xb in crossbars(circuit)]
+
+
 def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network:
     """Assemble ``L``, the bias currents and the element groups of ``circuit``."""
     n = circuit.n_free
     L = torch.zeros(n, n, dtype=DTYPE)
     sizes = circuit.layer_sizes
-    g_in = _tensor(circuit.conductances[0])
-    s1 = circuit.layer_slice(1)
-    L[s1, s1] += torch.diag(g_in.sum(0))
-    for k in range(2, circuit.depth + 1):
-        g = _tensor(circuit.conductances[k - 1])
-        a, b = circuit.layer_slice(k - 1), circuit.layer_slice(k)
-        L[a, a] += torch.diag(g.sum(1))
-        L[b, b] += torch.diag(g.sum(0))
-        L[a, b] -= g
-        L[b, a] -= g.T
+    actual = circuit.actual_conductances()
+    g_in = _tensor(actual[0])
     bias_current = torch.zeros(n, dtype=DTYPE)
-    if circuit.has_bias:
-        vb = circuit.bias_voltage_v
-        for k in range(1, circuit.depth + 1):
-            gp, gn = _tensor(circuit.bias_pos[k - 1]), _tensor(circuit.bias_neg[k - 1])
-            s = circuit.layer_slice(k)
-            L[s, s] += torch.diag(gp + gn)
-            bias_current[s] += gp * vb - gn * vb
+    src_coupling = src_self = src_const = None
+    xbars: tuple = ()
+    if circuit.has_wires:
+        xbars = crossbars(circuit)
+        n_src = 2 * circuit.n_inputs
+        size = n + n_src + (2 if circuit.has_bias else 0)
+        M = np.zeros((size, size))
+        for xb in xbars:
+            M[np.ix_(xb.terminals, xb.terminals)] += xb.y
+        L = torch.from_numpy(np.ascontiguousarray(M[:n, :n]))
+        src_coupling = torch.from_numpy(np.ascontiguousarray(-M[n:n + n_src, :n]))
+        src_self = torch.from_numpy(np.ascontiguousarray(M[n:n + n_src, n:n + n_src]))
+        src_const = torch.zeros(n_src, dtype=DTYPE)
+        if circuit.has_bias:
+            vb = circuit.bias_voltage_v
+            rails = np.array([vb, -vb])
+            bias_current = torch.from_numpy(-M[:n, n + n_src:] @ rails)
+            src_const = torch.from_numpy(M[n:n + n_src, n + n_src:] @ rails)
+    else:
+        s1 = circuit.layer_slice(1)
+        L[s1, s1] += torch.diag(g_in.sum(0))
+        for k in range(2, circuit.depth + 1):
+            g = _tensor(actual[k - 1])
+            a, b = circuit.layer_slice(k - 1), circuit.layer_slice(k)
+            L[a, a] += torch.diag(g.sum(1))
+            L[b, b] += torch.diag(g.sum(0))
+            L[a, b] -= g
+            L[b, a] -= g.T
+        if circuit.has_bias:
+            vb = circuit.bias_voltage_v
+            bias_pos, bias_neg = circuit.actual_bias()
+            for k in range(1, circuit.depth + 1):
+                gp, gn = _tensor(bias_pos[k - 1]), _tensor(bias_neg[k - 1])
+                s = circuit.layer_slice(k)
+                L[s, s] += torch.diag(gp + gn)
+                bias_current[s] += gp * vb - gn * vb
     lower = torch.full((n,), -torch.inf, dtype=DTYPE)
     upper = torch.full((n,), torch.inf, dtype=DTYPE)
     diodes, pwls = [], []
@@ -115,13 +292,24 @@ def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network
             lower[idx], upper[idx] = -nl.v_off_v, nl.v_off_v
             continue
         model = DiodeModel(nl.emitted_diode.saturation_current_a, nl.emitted_diode.emission_coefficient, circuit.gmin_s)
+        params = circuit.diode_parameters(k, nl)
         up, down = nl.clamps_up(sizes[k]), nl.clamps_down(sizes[k])
-        if up.any():
-            diodes.append(_DiodeGroup(idx[torch.from_numpy(up)], nl.v_off_v, True, model))
-        if down.any():
-            diodes.append(_DiodeGroup(idx[torch.from_numpy(down)], -nl.v_off_v, False, model))
+        for col, (mask, rail, upward) in enumerate(((up, nl.v_off_v, True), (down, -nl.v_off_v, False))):
+            if mask.any():
+                diodes.append(_DiodeGroup(idx[torch.from_numpy(mask)], rail, upward, model,
+                                          torch.from_numpy(np.ascontiguousarray(params["is_t"][mask, col])),
+                                          torch.from_numpy(np.ascontiguousarray(params["vte"][mask, col]))))
     return _Network(L, L.abs(), g_in, bias_current, circuit.layer_slice(circuit.depth), tuple(diodes), tuple(pwls),
-                    lower, upper, bool(torch.isfinite(lower).any()))
+                    lower, upper, bool(torch.isfinite(lower).any()), src_coupling, src_self, src_const, xbars)
+
+
+def source_currents(net: _Network, circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, 2*n0) current each input source delivers into the network (A)."""
+    if net.src_coupling is not None:
+        return v_src @ net.src_self + net.src_const - x @ net.src_coupling.T
+    layer1 = x[:, circuit.layer_slice(1)]
+    # delivered current of source s: sum_j G1[s, j] * (v_s - x_j)
+    return v_src * net.g_in.sum(1) - layer1 @ net.g_in.T
 
 
 def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
@@ -132,11 +320,11 @@ def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
     for g in net.diodes:
         xv = x[:, g.nodes]
         vd = xv - g.rail_v if g.upward else g.rail_v - xv
-        i, gd = diode_current_and_conductance(vd, g.model)
+        i, gd = junction_current_and_conductance(vd, g.isat, g.vte, g.model.gmin_s)
         f[:, g.nodes] += i if g.upward else -i
         df[:, g.nodes] += gd
         if energy:
-            e = e + diode_cocontent(vd, g.model).sum(1)
+            e = e + junction_cocontent(vd, g.isat, g.vte, g.model.gmin_s).sum(1)
     for g in net.pwls:
         xv = x[:, g.nodes]
         i, gd = pwl_current_and_conductance(xv, g.table)
@@ -178,7 +366,10 @@ class ReferenceBackend(Backend):
         B, N = u.shape[0], circuit.n_free
         L = net.laplacian
         b = torch.zeros(B, N, dtype=DTYPE)
-        b[:, circuit.layer_slice(1)] += v_src @ net.g_in
+        if net.src_coupling is not None:
+            b += v_src @ net.src_coupling
+        else:
+            b[:, circuit.layer_slice(1)] += v_src @ net.g_in
         b += net.bias_current
         if nudge is not None:
             if nudge.currents_a is not None:
@@ -203,9 +394,7 @@ class ReferenceBackend(Backend):
                                "give it a non-zero conductance")
             converged = converged & ~floating.any(1)
         messages = tuple(messages)
-        layer1 = x[:, circuit.layer_slice(1)]
-        # delivered current of source s: sum_j G1[s, j] * (v_s - x_j)
-        src = v_src * net.g_in.sum(1) - layer1 @ net.g_in.T
+        src = source_currents(net, circuit, v_src, x)
         return Equilibrium(x, src, converged, messages, iterations)
 
     def _newton(self, net: _Network, L: torch.Tensor, b: torch.Tensor):
@@ -217,11 +406,11 @@ class ReferenceBackend(Backend):
         for g in net.diodes:
             # A few thermal voltages past the rail: the junction conducts there, but
             # exp() stays small, so Newton starts where the model is well scaled.
-            rail_margin = 10.0 * g.model.vte
+            rail_margin = 10.0 * g.vte
             if g.upward:
-                x[:, g.nodes] = torch.clamp(x[:, g.nodes], max=g.rail_v + rail_margin)
+                x[:, g.nodes] = torch.minimum(x[:, g.nodes], g.rail_v + rail_margin)
             else:
-                x[:, g.nodes] = torch.clamp(x[:, g.nodes], min=g.rail_v - rail_margin)
+                x[:, g.nodes] = torch.maximum(x[:, g.nodes], g.rail_v - rail_margin)
         x = torch.maximum(torch.minimum(x, net.upper), net.lower)
         active = torch.ones(B, dtype=torch.bool)
         converged = torch.zeros(B, dtype=torch.bool)
