@@ -97,8 +97,10 @@ def split_specs(base: dict, n_in: int, width: int, n_out: int) -> dict[int, dict
     """Three resistive layers after an input Linear, as 1, 2 or 3 energy blocks."""
     template = next(b for b in base["blocks"] if b["type"] == "energy")
 
-    def energy(sizes, seed):
+    def energy(sizes, seed, last):
         b = copy.deepcopy(template)
+        # the last block's output voltages are the logits (scaled by loss.logit_scale), as in the examples
+        b["output_gain"] = 1.0 if last else template.get("output_gain", 1.0)
         b["circuit"] = {**copy.deepcopy(template["circuit"]), "layers": sizes, "output": "clamped",
                         "name": f"split_e{seed}"}
         b["circuit"]["conductances"] = {**b["circuit"]["conductances"], "seed": 100 + seed}
@@ -116,7 +118,7 @@ def split_specs(base: dict, n_in: int, width: int, n_out: int) -> dict[int, dict
         for k, sizes in enumerate(plan):
             if k:
                 blocks.append(linear(width, width))
-            blocks.append(energy(sizes, k))
+            blocks.append(energy(sizes, k, last=k == len(plan) - 1))
         specs[n] = {**{k: v for k, v in base.items() if k != "blocks"}, "name": f"split{n}", "blocks": blocks}
     return specs
 
