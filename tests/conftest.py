@@ -24,6 +24,39 @@ def make_block(sizes, kind="double", seed=0, gain=2.0, bias=False, output=None, 
                         name=f"test_{kind}", **kw)
 
 
+#: A tiny digits model (Linear 64->8, one 8->8->10 energy block) for training tests.
+TINY = """
+name = "tiny"
+input_size = 64
+[loss]
+kind = "cross_entropy"
+logit_scale = 20.0
+[training]
+epochs = 2
+batch_size = 64
+lr = 1e-2
+lr_analog = 3e-2
+[[blocks]]
+type = "Linear"
+args = { in_features = 64, out_features = 8 }
+[[blocks]]
+type = "energy"
+g_max = 1e-3
+[blocks.circuit]
+layers = [8, 8, 10]
+input_gain = 4.0
+nonlinearity = { kind = "double", diode = { is = 1e-12, n = 1.0 } }
+conductances = { low = 0.0, high = 1e-4, seed = 3 }
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY)
+    return p
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

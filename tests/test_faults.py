@@ -24,7 +24,6 @@ from ffebm_sim.backends.ngspice import NgspiceBackend
 from ffebm_sim.backends.pool import FAULT_DIR_ENV, PoolEngine, WorkerCrashError
 from ffebm_sim.checkpoint import load_latest
 
-from test_train import TINY
 
 B, CHUNK = 21, 8            # three jobs: 8, 8 and 5 samples
 
@@ -113,12 +112,6 @@ def test_dask_reruns_the_tasks_of_a_killed_worker(tmp_path, monkeypatch):
 
 
 # ---- training ---------------------------------------------------------------------------------------
-
-@pytest.fixture
-def tiny(tmp_path):
-    p = tmp_path / "tiny.toml"
-    p.write_text(TINY)
-    return p
 
 
 def _model(run):

@@ -11,16 +11,9 @@ from ffebm_sim.errors import SpecError
 from ffebm_sim.hardware import PRESETS, RULES
 from ffebm_sim.train import TrainConfig, default_lr_analog, prepare_run_dir, train
 
-from test_train import TINY, _strip_time
+from test_train import _strip_time
 
 G_MAX = 1e-3          # TINY's energy block: g_min = 0, g_max = 1e-3 S
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    p = tmp_path / "tiny.toml"
-    p.write_text(TINY)
-    return p
 
 
 def _conductances(run):

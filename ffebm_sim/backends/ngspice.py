@@ -53,7 +53,8 @@ import torch
 from ..circuit import BlockCircuit, free_node_names, source_names
 from ..errors import SpecError
 from ..netlist import emit_deck, norton_source_name, nudge_source_name, target_source_name
-from .base import Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current, source_voltages
+from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current,
+                   delivered_through_input_layer, source_voltages)
 
 FAILURE_MARKERS = ("singular matrix", "no convergence", "aborted", "timestep too small", "gmin stepping failed",
                    "source stepping failed", "error")
@@ -553,7 +554,7 @@ class NgspiceBackend(Backend):
             currents = delivered_from_branch_current(torch.from_numpy(values[:, n_nodes:].copy())).numpy()
         else:
             g1, v_src = extra["g1"], extra["v_src"]
-            currents = v_src * g1.sum(1) - volts[:, circuit.layer_slice(1)] @ g1.T
+            currents = delivered_through_input_layer(g1, v_src, volts[:, circuit.layer_slice(1)])
         converged = torch.tensor([m == "" for m in messages], dtype=torch.bool)
         return Equilibrium(torch.from_numpy(volts), torch.from_numpy(np.ascontiguousarray(currents)),
                            converged, messages, B)

@@ -37,7 +37,7 @@ import torch
 from ..circuit import BlockCircuit, free_node_names
 from ..devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
                        pwl_current_and_conductance)
-from .base import Backend, Equilibrium, Nudge, check_batch, source_voltages
+from .base import Backend, Equilibrium, Nudge, check_batch, delivered_through_input_layer, source_voltages
 
 DTYPE = torch.float64
 
@@ -307,9 +307,7 @@ def source_currents(net: _Network, circuit: BlockCircuit, v_src: torch.Tensor, x
     """(B, 2*n0) current each input source delivers into the network (A)."""
     if net.src_coupling is not None:
         return v_src @ net.src_self + net.src_const - x @ net.src_coupling.T
-    layer1 = x[:, circuit.layer_slice(1)]
-    # delivered current of source s: sum_j G1[s, j] * (v_s - x_j)
-    return v_src * net.g_in.sum(1) - layer1 @ net.g_in.T
+    return delivered_through_input_layer(net.g_in, v_src, x[:, circuit.layer_slice(1)])
 
 
 def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
