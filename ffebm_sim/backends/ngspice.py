@@ -396,10 +396,11 @@ def run_job(job: DeckJob) -> JobResult:
 
 
 def session_stats() -> dict:
-    """Counters of this process's session (for benchmarks): pid, loads, solves, commands, analysis s."""
+    """Counters of this process's session (for benchmarks): pid, loads, the loaded deck's digest,
+    solves, commands, analysis s."""
     s = session()
     with s.lock:
-        return {"pid": os.getpid(), "loads": s.loads, "solves": s.solves, "commands": s.commands,
+        return {"pid": os.getpid(), "loads": s.loads, "deck": s.loaded_hash, "solves": s.solves, "commands": s.commands,
                 "analysis_s": s.analysis_seconds()}
 
 
