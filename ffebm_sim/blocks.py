@@ -24,7 +24,7 @@ from torch import nn
 from .backends import Backend, get_backend
 from .backends.reference import DTYPE, ReferenceBackend
 from .circuit import BlockCircuit
-from .ep import DEFAULT_BETA_V, SolveFailed, ep_gradients, implicit_gradients
+from .ep import DEFAULT_BETA_V, ep_gradients, implicit_gradients, solve_failed
 from .errors import SpecError
 
 GRADIENTS = ("ep", "implicit")
@@ -52,8 +52,7 @@ class _EnergyBlockFunction(torch.autograd.Function):
         block.stats.solves += u64.shape[0]
         if not free.ok:
             block.stats.failures += int((~free.converged).sum())
-            b = int((~free.converged).nonzero()[0])
-            raise SolveFailed(f"block '{circuit.name}', free phase, sample {b}: {free.messages[b]}")
+            raise solve_failed(circuit, "free", free, u64)
         ctx.block, ctx.circuit, ctx.free, ctx.u64 = block, circuit, free, u64
         ctx.in_dtype = u.dtype
         return free.output_voltages(circuit).to(u.dtype)
@@ -176,8 +175,8 @@ class _ResistiveLoss(torch.autograd.Function):
         free = block.backend.solve(circuit, u64)
         block.stats.solves += u64.shape[0]
         if not free.ok:
-            b = int((~free.converged).nonzero()[0])
-            raise SolveFailed(f"block '{circuit.name}', free phase, sample {b}: {free.messages[b]}")
+            block.stats.failures += int((~free.converged).sum())
+            raise solve_failed(circuit, "free", free, u64)
         v = free.output_voltages(circuit)
         y = targets.detach().to(DTYPE)
         ctx.block, ctx.circuit, ctx.free, ctx.u64, ctx.y, ctx.in_dtype = block, circuit, free, u64, y, u.dtype

@@ -200,6 +200,9 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
               help="With --device: a rule option, e.g. coupling=0.02 (repeatable).")
 @click.option("--beta", type=float, help="EP nudge amplitude in volts (default: each block's spec).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--on-failure", type=click.Choice(["stop", "skip"]),
+              help="A sample no solver retry converges: stop the run (default, or the spec's [training] "
+                   "on_failure) or skip the sample (counted). Its deck goes to RUN_DIR/failed/ either way.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last good checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json as the last line of stdout.")
@@ -207,7 +210,7 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
               help="ngspice worker processes (one libngspice each).")
 @click.option("--scheduler", help="ngspice: a Dask scheduler address tcp://HOST:PORT instead of local workers.")
 def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_analog, device, update, update_options,
-          beta, seed, out, resume, as_json, workers, scheduler):
+          beta, seed, on_failure, out, resume, as_json, workers, scheduler):
     """Train an ff-EBM: backprop through digital blocks, EP (or implicit) through energy blocks.
 
     With --device PRESET the conductances are updated by pulses on devices of
@@ -220,8 +223,9 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
         _check_backend(backend)
     if beta is not None and not (math.isfinite(beta) and beta > 0):
         raise SpecError(f"--beta: {beta!r}; the nudge amplitude in volts, a finite number > 0")
-    given = {k for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("lr_analog", lr_analog))
-             if v is not None}
+    chosen = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("lr_analog", lr_analog),
+              ("on_failure", on_failure))
+    given = {k for k, v in chosen if v is not None}
     if (workers > 1 or scheduler) and backend != "ngspice":
         raise SpecError("--workers/--scheduler: they spread ngspice solves; use them with --backend ngspice")
     options = {}
@@ -241,11 +245,11 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
     config = TrainConfig(model=str(model), out=str(out), data=data, data_dir=data_dir, backend=backend,
                          gradient=gradient, seed=seed, beta_v=beta, backend_options=options,
                          device=device, update=update, update_options=rule_options,
-                         **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                                              ("lr_analog", lr_analog)) if v is not None})
+                         **{k: v for k, v in chosen if v is not None})
     if not resume:
         config = config_with_spec_defaults(config, given)
-    summary = run_training(config, resume=resume, epochs_given=epochs is not None)
+    summary = run_training(config, resume=resume, epochs_given=epochs is not None,
+                           on_failure_given=on_failure is not None)
     click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
                f"({summary['seconds']:.0f} s); learning curves: {summary['learning_curves']}", err=as_json)
     if as_json:
@@ -263,6 +267,7 @@ cli.add_command(analyze)
 def main(argv=None) -> int:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     from .backends.ngspice import NgspiceUnavailable
+    from .failures import RunStopped
     # The solves here are many small dense problems: torch's intra-op threads do
     # not help them, and spinning OpenMP threads slowed the reference solver
     # 100x when other processes (ngspice workers) shared the cores (measured).
@@ -283,6 +288,9 @@ def main(argv=None) -> int:
     except (SpecError, NgspiceUnavailable) as e:
         click.echo(f"ffebm: error: {e}", err=True)
         return 2
+    except RunStopped as e:          # not bad input: the run failed (its finished epochs are kept)
+        click.echo(f"ffebm: error: {e}", err=True)
+        return 1
     except OSError as e:
         click.echo(f"ffebm: error: {e.filename or ''}: {e.strerror or e}", err=True)
         return 2

@@ -74,7 +74,43 @@ class BlockGradients:
 
 
 class SolveFailed(RuntimeError):
-    """An equilibrium did not converge; the message names the block, phase and sample."""
+    """Equilibria did not converge (after every retry the backend has).
+
+    Attributes:
+        block: the circuit's name; ``phase``: ``free``, ``+beta nudged`` or ``-beta nudged``;
+        samples: the rows that failed, in the batch given to the block (blocks keep the
+            batch order, so they are rows of the model's batch too); ``sample`` the first;
+        reason: the backend's message for the first; ``deck``: a stand-alone physical
+            deck of that sample (inputs and nudge as DC sources, ``.control`` running
+            ``op``), for ``ngspice -b``.
+    """
+
+    def __init__(self, block: str, phase: str, samples: tuple[int, ...], reason: str, deck: str = ""):
+        more = f" (and {len(samples) - 1} more)" if len(samples) > 1 else ""
+        super().__init__(f"block '{block}', {phase} phase, sample {samples[0]}{more}: {reason}")
+        self.block, self.phase, self.samples, self.reason, self.deck = block, phase, tuple(samples), reason, deck
+        self.sample = self.samples[0]
+
+    def __reduce__(self):
+        return SolveFailed, (self.block, self.phase, self.samples, self.reason, self.deck)
+
+
+def solve_failed(circuit: BlockCircuit, phase: str, eq: Equilibrium, inputs: torch.Tensor,
+                 nudge: Nudge | None = None, rows: torch.Tensor | None = None) -> SolveFailed:
+    """The error for the failed samples of ``eq`` (solved from ``inputs`` and ``nudge``;
+    ``rows`` maps its samples to the block's batch rows when only some were solved)."""
+    from .netlist import emit_deck
+    failed = (~eq.converged).nonzero().flatten().tolist()
+    b = failed[0]
+    samples = tuple(failed if rows is None else (int(rows[i]) for i in failed))
+    kw = {}
+    if nudge is not None:
+        if nudge.currents_a is not None:
+            kw["nudge_currents_a"] = nudge.currents_a[b].detach().numpy()
+        if nudge.conductance_s != 0:
+            kw.update(nudge_conductance_s=nudge.conductance_s, nudge_target_v=nudge.target_v[b].detach().numpy())
+    deck = emit_deck(circuit.as_emitted(), inputs[b].detach().to(DTYPE).numpy(), control=True, **kw)
+    return SolveFailed(circuit.name, phase, samples, eq.messages[b], deck)
 
 
 def output_conductance_s(circuit: BlockCircuit) -> float:
@@ -114,10 +150,9 @@ def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium
     return d_g, d_bp, d_bn, eq.source_currents_a
 
 
-def _check(eq: Equilibrium, circuit: BlockCircuit, phase: str) -> None:
+def _check(eq: Equilibrium, circuit: BlockCircuit, phase: str, inputs, nudge: Nudge, rows) -> None:
     if not eq.ok:
-        b = int((~eq.converged).nonzero()[0])
-        raise SolveFailed(f"block '{circuit.name}', {phase} phase, sample {b}: {eq.messages[b]}")
+        raise solve_failed(circuit, phase, eq, inputs, nudge, rows)
 
 
 def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, free: Equilibrium,
@@ -163,10 +198,10 @@ def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, 
         return zero_grads
     u = inputs[idx]
     plus = backend.solve(circuit, u, nudge(+1.0, idx))
-    _check(plus, circuit, "+beta nudged")
+    _check(plus, circuit, "+beta nudged", u, nudge(+1.0, idx), idx)
     if centered:
         minus = backend.solve(circuit, u, nudge(-1.0, idx))
-        _check(minus, circuit, "-beta nudged")
+        _check(minus, circuit, "-beta nudged", u, nudge(-1.0, idx), idx)
         denom = 2.0 * beta[idx]
     else:
         minus = Equilibrium(free.node_voltages_v[idx], free.source_currents_a[idx], free.converged[idx])

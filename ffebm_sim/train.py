@@ -24,6 +24,15 @@ the same weights and metrics as an uninterrupted run.
 Run directory: ``config.json`` (the resolved configuration), ``metrics.csv`` and
 ``metrics.json`` (per epoch; with a device also the pulses sent), ``checkpoints/epoch_NNNN.pt`` (atomic, with
 checksums), ``learning_curves.png`` and ``summary.json``.
+
+Non-convergence: the ngspice backend retries a failed operating point
+(homotopies, then a warm start; counted per epoch as ``rescued``). A sample
+that still fails writes its stand-alone deck to ``RUN_DIR/failed/`` and then,
+by ``on_failure`` (``[training]`` key or ``--on-failure``): ``stop`` ends the
+run with one error naming the block, phase, sample and deck (the checkpoints
+of finished epochs stay; ``--resume`` continues), ``skip`` drops the sample
+from its batch, repeats the batch's step without it and counts it
+(``skipped``; a skipped test sample counts as misclassified).
 """
 
 from __future__ import annotations
@@ -43,10 +52,11 @@ from .blocks import EnergyBlock
 from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
 from .data import DATASETS, load_dataset
 from .errors import SpecError
+from .failures import ON_FAILURE, FailurePolicy
 from .model import FFEBM, build_model
 from .spec import read_toml
 
-TRAINING_KEYS = {"epochs", "batch_size", "lr", "lr_analog", "schedule"}
+TRAINING_KEYS = {"epochs", "batch_size", "lr", "lr_analog", "schedule", "on_failure"}
 SCHEDULES = ("cosine", "constant")
 ADAM_LR_ANALOG = 2e-3
 DEFAULT_UPDATE = "sgd"
@@ -89,6 +99,7 @@ class TrainConfig:
     device: str | None = None          # a hardware preset: conductances updated by pulses (None: Adam)
     update: str | None = None          # the device update rule (default DEFAULT_UPDATE with a device)
     update_options: dict = field(default_factory=dict)   # rule options, e.g. {"coupling": 0.02}
+    on_failure: str = "stop"           # a sample no solver retry converges: stop the run or skip it
 
     def validate(self) -> "TrainConfig":
         """Check every field; returns the config with ``update`` and ``lr_analog`` resolved."""
@@ -119,6 +130,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v > 1_000_000:
                 raise SpecError(f"--{name.replace('_', '-')}: {v!r}; an integer >= 1")
+        if self.on_failure not in ON_FAILURE:
+            raise SpecError(f"on_failure: {self.on_failure!r}; valid values are {', '.join(ON_FAILURE)}")
         if self.schedule not in SCHEDULES:
             raise SpecError(f"schedule: {self.schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
         for name in ("lr", "lr_analog"):
@@ -184,19 +197,39 @@ def make_update_rules(model: FFEBM, config: TrainConfig) -> list | None:
 
 
 @torch.no_grad()
-def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
-    """(mean loss, accuracy) of the free phase over a data set."""
-    total, correct = 0.0, 0
+def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = 256,
+             failures: FailurePolicy | None = None, where: str = "eval") -> tuple[float, float]:
+    """(mean loss, accuracy) of the free phase over a data set (in eval mode: no dropout).
+    With ``failures`` skipping, a sample that does not converge counts as misclassified
+    and is left out of the mean loss."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, x, y, batch, failures, where)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int,
+              failures: FailurePolicy | None, where: str) -> tuple[float, float]:
+    total, correct, counted = 0.0, 0, 0
     for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch], y[s:s + batch]
-        out = model(xb)
+        if failures is None:
+            out, rows = model(xb), torch.arange(len(xb))
+        else:
+            out, rows = failures.step_without_failures(lambda r: model(xb[r]), torch.arange(s, s + len(xb)), where)
+            if out is None:
+                continue
+        yb = yb[rows]
         if model.loss_kind == "cross_entropy":
             loss = torch.nn.functional.cross_entropy(out * model.logit_scale, yb, reduction="sum")
         else:
             loss = ((out - model.target_voltages(yb, out.shape[1])) ** 2).mean(1).sum()
         total += float(loss)
         correct += int((out.argmax(1) == yb).sum())
-    return total / len(x), correct / len(x)
+        counted += len(rows)
+    return total / max(counted, 1), correct / len(x)
 
 
 def _progress(total: int, desc: str):
@@ -210,7 +243,8 @@ def _write_metrics(run: Path, metrics: list[dict]) -> None:
     _atomic_write_bytes(run / "metrics.json", json.dumps(metrics, indent=1).encode())
     buf = io.StringIO()
     if metrics:
-        w = csv.DictWriter(buf, fieldnames=list(metrics[0]))
+        # Columns of every row, in first-seen order (a resumed run may add columns).
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in metrics for k in row)))
         w.writeheader()
         w.writerows(metrics)
     _atomic_write_bytes(run / "metrics.csv", buf.getvalue().encode())
@@ -239,7 +273,8 @@ def _plot(run: Path, metrics: list[dict], title: str) -> None:
     _atomic_write_bytes(run / "learning_curves.png", buf.getvalue())
 
 
-def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True) -> tuple[Path, TrainConfig]:
+def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True,
+                    on_failure_given: bool = False) -> tuple[Path, TrainConfig]:
     """Create or reopen RUN_DIR. A finished or started run is never overwritten without --resume."""
     run = Path(config.out)
     stored = run / "config.json"
@@ -251,8 +286,10 @@ def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True
             old_config = TrainConfig(**old)
         except (ValueError, TypeError) as e:
             raise SpecError(f"--resume: {stored} is not a run configuration ({e.__class__.__name__})") from None
-        # The stored run decides everything but how long it runs (when --epochs is given).
+        # The stored run decides everything but how long it runs (when --epochs is given) and
+        # what a non-converging sample does (--on-failure: a run stopped by one resumes with skip).
         return run, replace(old_config, epochs=config.epochs if epochs_given else old_config.epochs,
+                            on_failure=config.on_failure if on_failure_given else old_config.on_failure,
                             out=config.out).validate()
     if run.exists() and any(run.iterdir()):
         raise SpecError(f"--out: {run} already holds files; pass --resume to continue that run or choose a new directory")
@@ -262,34 +299,36 @@ def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True
 
 
 def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: bool = True,
-          stop_after_epoch: int | None = None) -> dict | None:
+          stop_after_epoch: int | None = None, on_failure_given: bool = False) -> dict | None:
     """Run (or resume) training; returns the summary written to summary.json.
 
     On ``resume`` the run directory's stored configuration is used; only the
-    number of epochs may change (when ``epochs_given``). ``stop_after_epoch``
-    ends the process's work after that epoch's checkpoint, as an interruption
-    would (returns None).
+    number of epochs (when ``epochs_given``) and ``on_failure`` (when
+    ``on_failure_given``) may change. ``stop_after_epoch`` ends the process's
+    work after that epoch's checkpoint, as an interruption would (returns None).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     config = config.validate()
     if resume:
-        _, config = prepare_run_dir(config, True, epochs_given)
+        _, config = prepare_run_dir(config, True, epochs_given, on_failure_given)
     data = load_dataset(config.data, config.data_dir)
     backend = _backend(config)
     try:
-        return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend)
+        return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given)
     finally:
         if hasattr(backend, "close"):
             backend.close()          # stops worker processes, if any
 
 
-def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
+def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given):
     model = build_model(config.model, backend=backend, gradient=config.gradient,
                         beta_v=config.beta_v, seed=config.seed)
     if model.input_size is not None and model.input_size != data.n_features:
         raise SpecError(f"--data: {config.data} has {data.n_features} features, model '{model.name}' takes {model.input_size}")
     rules = make_update_rules(model, config)       # before the run directory: bad options leave no files
-    run, config = prepare_run_dir(config, resume, epochs_given)
+    run, config = prepare_run_dir(config, resume, epochs_given, on_failure_given)
+    failures = FailurePolicy(run, config.on_failure)
+    convergence = getattr(backend, "convergence", None)      # ngspice: samples rescued by each retry
     optimizer = _optimizer(model, config)
     # Cosine decay of both learning rates over the run's epochs (constant: none).
     factor = _schedule(config)
@@ -319,8 +358,12 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
         solves0 = model.solver_stats()
+        skipped0, rescued0 = failures.skipped, _rescued(convergence)
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=gen)
+        # Random digital modules (Dropout) draw from torch's global generator: seed it per epoch
+        # too, so a resumed run draws the same masks as an uninterrupted one.
+        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000_000)
         bar = _progress(n, f"epoch {epoch}/{config.epochs}")
         run_loss, run_correct, seen = 0.0, 0, 0
         pulses = None
@@ -331,12 +374,21 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
         for s in range(0, n, config.batch_size):
             idx = perm[s:s + config.batch_size]
             xb, yb = data.x_train[idx], data.y_train[idx]
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-            if rules is not None:
+
+            def step(rows):
+                # From zero gradients on every try: a failed try may have left partial ones.
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
                 model.zero_grad(set_to_none=True)
-            loss, pred = model.loss(xb, yb)
-            loss.backward()
+                loss, pred = model.loss(xb[rows], yb[rows])
+                loss.backward()
+                return loss, pred
+            result, rows = failures.step_without_failures(step, idx, f"epoch{epoch}_batch{s // config.batch_size}")
+            if bar is not None:
+                bar.update(len(idx))
+            if result is None:           # every sample of the batch was skipped
+                continue
+            (loss, pred), yb = result, yb[rows]
             if optimizer is not None:
                 optimizer.step()
             if rules is not None:
@@ -344,23 +396,23 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
                     weights = block.all_weights()
                     pulses = pulses + rule.step(weights, [w.grad for w in weights], lr_rule)
             model.project()
-            run_loss += float(loss.detach()) * len(idx)
+            run_loss += float(loss.detach()) * len(rows)
             run_correct += int((pred == yb).sum())
-            seen += len(idx)
+            seen += len(rows)
             if bar is not None:
-                bar.update(len(idx))
                 bar.set_postfix(loss=f"{run_loss / seen:.4f}", acc=f"{100 * run_correct / seen:.1f}%")
         if bar is not None:
             bar.close()
         if scheduler is not None:
             scheduler.step()
         model.eval()
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, failures=failures, where=f"epoch{epoch}_test")
         stats = model.solver_stats()
-        row = {"epoch": epoch, "train_loss": run_loss / n, "train_accuracy": run_correct / n,
+        row = {"epoch": epoch, "train_loss": run_loss / max(seen, 1), "train_accuracy": run_correct / n,
                "test_loss": test_loss, "test_accuracy": test_acc,
                "seconds": time.perf_counter() - t0, "elapsed_seconds": time.perf_counter() - t_run,
-               "solves": stats["solves"] - solves0["solves"], "failures": stats["failures"] - solves0["failures"]}
+               "solves": stats["solves"] - solves0["solves"], "failures": stats["failures"] - solves0["failures"],
+               "rescued": _rescued(convergence) - rescued0, "skipped": failures.skipped - skipped0}
         if pulses is not None:
             # Pulses this epoch: to the weight devices (up/down), to fast devices, capped requests,
             # fast-device reads and transfer events (see ffebm_sim.hardware.UpdateStats).
@@ -384,20 +436,26 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend):
         log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}% | "
             f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {row['seconds']:.1f} s, {row['solves']} solves"
             + (f", {row['pulses']} pulses" if pulses is not None else ""))
-    train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
+    train_loss, train_acc = evaluate(model, data.x_train, data.y_train, failures=failures, where="final_train")
     last = metrics[-1] if metrics else {}
     summary = {
         "model": model.name, "data": config.data, "backend": config.backend, "gradient": config.gradient,
         "epochs": len(metrics), "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
         "train_accuracy": train_acc, "train_loss": train_loss,
         "seconds": last.get("elapsed_seconds", 0.0), "seed": config.seed,
-        "solver_stats": model.solver_stats(),
+        "solver_stats": {**model.solver_stats(), "rescued": sum(m.get("rescued", 0) for m in metrics),
+                         "skipped": sum(m.get("skipped", 0) for m in metrics)},
         "device": config.device, "update": config.update,
         "pulses": sum(m.get("pulses", 0) for m in metrics) if config.device else None,
         "run_dir": str(run), "learning_curves": str(run / "learning_curves.png"),
     }
     _atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=1).encode())
     return summary
+
+
+def _rescued(convergence) -> int:
+    """Samples the backend's retries made converge so far (0 for backends without retries)."""
+    return 0 if convergence is None else sum(v for k, v in convergence.items() if k != "failed")
 
 
 def _backend(config: TrainConfig):

@@ -51,6 +51,12 @@ class Nudge:
         if self.conductance_s != 0 and self.target_v is None:
             raise SpecError("nudge: a resistive nudge needs target voltages")
 
+    def rows(self, index) -> "Nudge":
+        """The nudge of the samples ``index`` (a list or tensor of batch rows)."""
+        def pick(t):
+            return None if t is None else t[index]
+        return Nudge(pick(self.currents_a), self.conductance_s, pick(self.target_v))
+
 
 @dataclass(frozen=True)
 class Equilibrium:

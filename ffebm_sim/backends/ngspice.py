@@ -35,6 +35,22 @@ Failures are a status, never a crash: ngspice's messages ("singular matrix",
 "no convergence", "aborted", "timestep too small") and a missing or empty
 vector mark the sample failed; an empty vector is never dereferenced.
 
+**Non-convergence.** ngspice's own ``op`` already falls back from Newton to
+gmin stepping and source stepping with its default ladders. A sample whose
+``op`` still fails is retried in the worker with the homotopies of
+:data:`HOMOTOPIES` (finer gmin ladder, then source stepping alone, with 10x
+the Newton iteration budget), set with ngspice's ``option`` command on the
+loaded circuit; the deck is reloaded afterwards so the next sample runs with
+the deck's own options. A sample that still fails gets one last try from the
+parent: the same deck plus ``.nodeset`` cards holding the reference solver's
+answer (a warm start next to the solution; the homotopies again if needed). What rescued each sample is
+counted (:attr:`NgspiceBackend.convergence`). A sample that fails all of them
+keeps its failure message; the caller (training) decides to stop or skip.
+Fault injection for tests: with ``FFEBM_FAULT_DIR`` set, an ``op`` first
+claims a file ``noconv-*`` there (atomic rename) and, if it got one, reports
+"no convergence" without solving (a DC sweep likewise); while a file
+``noconv-always`` is there, every ``op`` and DC sweep reports it.
+
 One libngspice per process, used from one thread at a time (a lock guards it).
 """
 
@@ -45,7 +61,8 @@ import hashlib
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -66,6 +83,13 @@ DEFAULT_CHUNK = 16
 #: ``auto`` sweeps chunks of at least this many samples (below it, alter+op wins).
 SWEEP_MIN_SAMPLES = 4
 HISTORY_EVERY = 5000
+#: Retries of a failed operating point, in order: (name, ngspice ``option`` command).
+#: ``noopiter`` skips the plain Newton attempt, ``gminsteps=0`` the gmin ladder.
+HOMOTOPIES = (("gmin stepping", "option itl1=1000 gminsteps=100"),
+              ("source stepping", "option itl1=1000 gminsteps=0 srcsteps=100 noopiter"))
+#: The parent's last retry: a warm start from the reference solver's answer.
+WARM_START = "nodeset warm start"
+FAULT_DIR_ENV = "FFEBM_FAULT_DIR"
 SWEEP_SOURCE = "vffebm_sweep"
 SWEEP_NODE = "ffebm_sweep"
 
@@ -198,6 +222,8 @@ class NgspiceSession:
     def op(self) -> str:
         """Run an operating point; returns '' on success or the failure text."""
         self.solves += 1
+        if _injected_nonconvergence():
+            return "ngspice op failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
         return _failure(self.command("op"), "op")
 
     def read(self, names: list[str]) -> np.ndarray | None:
@@ -226,7 +252,29 @@ class NgspiceSession:
     def dc_sweep(self, n: int) -> str:
         """Sweep ``vffebm_sweep`` through 0..n-1; '' on success or the failure text."""
         self.solves += n
+        if _injected_nonconvergence():
+            return "ngspice dc sweep failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
         return _failure(self.command(f"dc {SWEEP_SOURCE} 0 {n - 1} 1"), "dc sweep")
+
+
+def _injected_nonconvergence() -> bool:
+    """A ``noconv-always`` file, or one ``noconv-*`` token claimed, in the fault directory (tests only)."""
+    where = os.environ.get(FAULT_DIR_ENV)
+    if not where:
+        return False
+    try:
+        names = sorted(n for n in os.listdir(where) if n.startswith("noconv-"))
+    except OSError:
+        return False
+    if "noconv-always" in names:
+        return True
+    for name in names:
+        try:
+            os.rename(os.path.join(where, name), os.path.join(where, f"fired-{name}-{os.getpid()}"))
+            return True
+        except OSError:
+            continue                     # another process claimed it first
+    return False
 
 
 def _failure(printed: str, what: str) -> str:
@@ -277,28 +325,50 @@ class DeckJob:
 class JobResult:
     values: np.ndarray                 # (n, len(vectors)), NaN where a sample failed
     messages: tuple[str, ...]          # '' per converged sample
+    rescued: tuple[str, ...] = ()      # per sample, the homotopy that made it converge ('' none needed)
     analysis_s: float = float("nan")   # ngspice's analysis time for the job (when measured)
     pid: int = field(default_factory=os.getpid)
+
+
+def _op_values(s: NgspiceSession, vectors: list[str]) -> tuple[np.ndarray | None, str]:
+    """One ``op`` on the loaded circuit: (values, '') or (None, what failed)."""
+    failure = s.op()
+    values = None if failure else s.read(vectors)
+    s.destroy_plots()
+    if values is None:
+        return None, failure or ("ngspice op produced no vectors (analysis failed silently); "
+                                 "inspect the deck with 'ffebm netlist' and 'ngspice -b'")
+    return values, ""
 
 
 def _run_op(s: NgspiceSession, job: DeckJob) -> JobResult:
     n = job.values.shape[0]
     out = np.full((n, len(job.vectors)), np.nan)
-    messages = []
-    s.load(job.deck, job.deck_digest, keep_stats=job.measure)
+    vectors = list(job.vectors)
+    messages, rescued = [], []
     for b in range(n):
+        s.load(job.deck, job.deck_digest, keep_stats=job.measure)     # no-op unless a retry unloaded it
         for name, v in zip(job.sources, job.values[b]):
             s.set_dc(name, v)
-        failure = s.op()
-        values = None if failure else s.read(list(job.vectors))
-        s.destroy_plots()
+        values, failure = _op_values(s, vectors)
+        how = ""
         if values is None:
-            messages.append(failure or "ngspice op produced no vectors (analysis failed silently); "
-                                       "inspect the deck with 'ffebm netlist' and 'ngspice -b'")
+            for how, command in HOMOTOPIES:
+                s.command(command)
+                values, _ = _op_values(s, vectors)
+                if values is not None:
+                    break
+            # The retry options stay on the circuit: reload it so the next sample
+            # (and the next job) runs with the deck's own options.
+            s.unload(keep_stats=job.measure)
+        if values is None:
+            messages.append(f"{failure} (also failed with {' and '.join(h for h, _ in HOMOTOPIES)})")
+            rescued.append("")
             continue
         messages.append("")
+        rescued.append(how)
         out[b] = values
-    return JobResult(out, tuple(messages))
+    return JobResult(out, tuple(messages), tuple(rescued))
 
 
 _TEMPLATES: dict[tuple, tuple[list[str], dict[int, tuple[str, str, str]]]] = {}
@@ -348,6 +418,17 @@ def sweep_deck(deck: str, sources: tuple[str, ...], values: np.ndarray, deck_dig
         out.append(f"BSW_{name} {plus} {minus} {kind} = pwl(v({SWEEP_NODE}),\n+ " + ",\n+ ".join(rows) + ")")
     out += [f"{SWEEP_SOURCE.upper()} {SWEEP_NODE} 0 DC 0", ".end", ""]
     return "\n".join(out)
+
+
+def with_nodeset(deck: str, nodes: list[str], volts: np.ndarray) -> str:
+    """``deck`` with ``.nodeset`` cards (initial Newton guesses, released once
+    converged) putting ``nodes`` at ``volts``: a warm start that does not change the answer."""
+    cards = [f"v({name})={float(v)!r}" for name, v in zip(nodes, volts)]
+    rows = [" ".join(cards[i:i + 4]) for i in range(0, len(cards), 4)]
+    body = deck.rstrip().splitlines()
+    if body and body[-1].strip().lower() == ".end":
+        body.pop()
+    return "\n".join(body + [".nodeset " + "\n+ ".join(rows), ".end", ""])
 
 
 def swept_vector_name(name: str, sources: set[str]) -> str:
@@ -447,6 +528,8 @@ class NgspiceBackend(Backend):
         self.reduced, self.method, self.workers, self.scheduler = reduced, method, workers, scheduler
         self.chunk, self.measure = chunk, measure
         self.analysis_s = 0.0
+        #: Samples rescued by each retry (see the module docstring) and samples that failed them all.
+        self.convergence: Counter = Counter()
         self._engine = None
         self._decks: list[tuple[BlockCircuit, float, str, str]] = []
 
@@ -528,7 +611,7 @@ class NgspiceBackend(Backend):
             if method == "auto":
                 method = "sweep" if part.shape[0] >= SWEEP_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
-        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
+        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced, "nodes": nodes}
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
         u = check_batch(circuit, inputs, nudge)
@@ -542,7 +625,40 @@ class NgspiceBackend(Backend):
                                torch.zeros(B, dtype=torch.bool), (message,) * B, 0)
         jobs, extra = self.jobs(circuit, u, nudge)
         results = self.engine.map(jobs) if jobs else []
+        results = self._warm_start_failed(circuit, u, nudge, jobs, results, extra["nodes"])
+        for r in results:
+            self.convergence.update(how for how in r.rescued if how)
+            self.convergence["failed"] += sum(1 for m in r.messages if m)
         return self.assemble(circuit, results, extra, B)
+
+    def _warm_start_failed(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None,
+                           jobs: list[DeckJob], results: list[JobResult], nodes: list[str]) -> list[JobResult]:
+        """Solve the samples that failed every homotopy once more from the reference solver's
+        answer (``.nodeset`` cards); the results with those samples replaced where it worked."""
+        failed = [(j, k) for j, r in enumerate(results) for k, m in enumerate(r.messages) if m]
+        if not failed:
+            return results
+        from .reference import ReferenceBackend
+        rows = [j * self.chunk + k for j, k in failed]
+        ref = ReferenceBackend().solve(circuit, u[rows], None if nudge is None else nudge.rows(rows))
+        retry, where = [], []
+        for (j, k), x, ok in zip(failed, ref.node_voltages_v.numpy(), ref.converged.tolist()):
+            if ok:
+                deck = with_nodeset(jobs[j].deck, nodes, x)
+                retry.append(replace(jobs[j], deck=deck, deck_digest=digest(deck), method="op",
+                                     values=jobs[j].values[k:k + 1]))
+                where.append((j, k))
+        if not retry:
+            return results
+        results = [replace(r, values=r.values.copy(), messages=list(r.messages),
+                           rescued=list(r.rescued or ("",) * len(r.messages))) for r in results]
+        for (j, k), again in zip(where, self.engine.map(retry)):
+            if not again.messages[0]:
+                results[j].values[k] = again.values[0]
+                results[j].messages[k], results[j].rescued[k] = "", WARM_START
+            else:
+                results[j].messages[k] += f"; also failed from the reference solver's answer ({WARM_START})"
+        return [replace(r, messages=tuple(r.messages), rescued=tuple(r.rescued)) for r in results]
 
     def assemble(self, circuit: BlockCircuit, results: list[JobResult], extra: dict, B: int) -> Equilibrium:
         n0, n_nodes = circuit.n_inputs, extra["n_nodes"]
