@@ -220,7 +220,9 @@ def run_solvers(quick: bool = False, log=lambda msg: None) -> dict:
     from .backends.reference import ReferenceBackend
     from .model import build_model
     from .spec import load_block
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # One torch thread, as `ffebm` itself runs: idle OpenMP threads of the parent spin and
+    # take the cores the ngspice workers need (2 threads made 2 workers no faster than 1).
+    torch.set_num_threads(1)
     small = load_block(SMALL)
     batches = 4 if quick else 12
     out: dict = {"machine": machine(), "quick": quick, "block": small.name, "layers": list(small.layer_sizes),

@@ -88,8 +88,8 @@ class FailsOnRows(ReferenceBackend):
         super().__init__()
         self.rows, self.phases = rows, phases
 
-    def solve(self, circuit, inputs, nudge=None):
-        eq = super().solve(circuit, inputs, nudge)
+    def solve(self, circuit, inputs, nudge=None, start=None):
+        eq = super().solve(circuit, inputs, nudge, start)
         if ("free" if nudge is None else "nudged") not in self.phases:
             return eq
         bad = (inputs[:, None, :] == self.rows[None, :, :]).all(2).any(1)

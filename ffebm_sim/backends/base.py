@@ -1,6 +1,6 @@
 """The one contract every solver of an energy block fulfils.
 
-``solve(circuit, inputs, nudge) -> Equilibrium``
+``solve(circuit, inputs, nudge, start=None) -> Equilibrium``
 
 * ``inputs``: ``(B, n_0)`` input features (unitless; sources get ``+-a*u``).
 * ``nudge``: what is attached to the output nodes (see :class:`Nudge`), or
@@ -82,6 +82,15 @@ class Equilibrium:
     def ok(self) -> bool:
         return bool(self.converged.all())
 
+    def rows(self, index) -> "Equilibrium":
+        """The equilibria of the samples ``index`` (a slice, list or tensor of batch rows)."""
+        messages = self.messages
+        if messages:
+            picked = range(len(messages))[index] if isinstance(index, slice) else torch.as_tensor(index).tolist()
+            messages = tuple(messages[i] for i in picked)
+        return Equilibrium(self.node_voltages_v[index], self.source_currents_a[index], self.converged[index],
+                           messages, self.iterations)
+
     def output_voltages(self, circuit: BlockCircuit) -> torch.Tensor:
         return self.node_voltages_v[:, circuit.layer_slice(circuit.depth)]
 
@@ -132,5 +141,9 @@ class Backend:
 
     name = "backend"
 
-    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
+    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
+              start: torch.Tensor | None = None) -> Equilibrium:
+        """``start``: ``(B, n_free)`` node voltages to start from (V), e.g. the free state
+        for a nudged phase. A hint: a solver may ignore it, and the answer does not depend
+        on it beyond the solver's tolerance."""
         raise NotImplementedError

@@ -57,6 +57,7 @@ One libngspice per process, used from one thread at a time (a lock guards it).
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import hashlib
 import logging
 import os
@@ -402,22 +403,28 @@ def sweep_deck(deck: str, sources: tuple[str, ...], values: np.ndarray, deck_dig
     n = values.shape[0]
     fixed, cards = _sweep_template(deck, deck_digest or digest(deck), tuple(sources))
     out = [fixed]
-    # Points 0..n-1 and a repeat of the last one at n, so every sample sits at the start
-    # of a segment and ngspice's pwl returns the value itself, not an interpolation.
-    xs = [f"{i}, " for i in range(n + 1)]
+    card = _pwl_card(n)
+    changing = (values != values[0]).any(0)
     for k, (name, plus, minus) in sorted(cards.items()):
-        col = values[:, k]
-        if (col == col[0]).all():
-            out.append(f"{name} {plus} {minus} DC {float(col[0])!r}")
+        col = values[:, k].tolist()
+        if not changing[k]:
+            out.append(f"{name} {plus} {minus} DC {col[0]!r}")
             continue
         kind = "V" if name[0] in "vV" else "I"
-        text = [repr(x) for x in col.tolist()]
-        text.append(text[-1])
-        points = [x + y for x, y in zip(xs, text)]
-        rows = [", ".join(points[i:i + 4]) for i in range(0, len(points), 4)]
-        out.append(f"BSW_{name} {plus} {minus} {kind} = pwl(v({SWEEP_NODE}),\n+ " + ",\n+ ".join(rows) + ")")
+        out.append(card.format(name, plus, minus, kind, *map(repr, col)))
     out += [f"{SWEEP_SOURCE.upper()} {SWEEP_NODE} 0 DC 0", ".end", ""]
     return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _pwl_card(n: int) -> str:
+    """The text of a behavioural source ``pwl`` over ``n`` samples, with ``str.format`` fields
+    for name, nodes, kind (V/I) and the ``n`` values. Points 0..n-1 and a repeat of the last
+    value at n, so every sample sits at the start of a segment and ngspice's pwl returns the
+    value itself, not an interpolation."""
+    points = [f"{i}, {{{4 + i}}}" for i in range(n)] + [f"{n}, {{{4 + n - 1}}}"]
+    rows = [", ".join(points[i:i + 4]) for i in range(0, len(points), 4)]
+    return "BSW_{0} {1} {2} {3} = pwl(v(" + SWEEP_NODE + "),\n+ " + ",\n+ ".join(rows) + ")"
 
 
 def with_nodeset(deck: str, nodes: list[str], volts: np.ndarray) -> str:
@@ -447,7 +454,8 @@ def _run_sweep(s: NgspiceSession, job: DeckJob) -> JobResult | None:
         s.unload()
         return None
     failure = s.dc_sweep(n)
-    swept = {name for k, name in enumerate(job.sources) if not (job.values[:, k] == job.values[0, k]).all()}
+    changing = (job.values != job.values[0]).any(0)
+    swept = {name for name, c in zip(job.sources, changing.tolist()) if c}
     names = [swept_vector_name(v, swept) for v in job.vectors]
     values = None if failure else s.read_arrays(names, n)
     sweep = None if values is None else s.read_arrays([f"v({SWEEP_NODE})"], n)
@@ -613,7 +621,10 @@ class NgspiceBackend(Backend):
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
         return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced, "nodes": nodes}
 
-    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None) -> Equilibrium:
+    def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
+              start: torch.Tensor | None = None) -> Equilibrium:
+        # ``start`` is ignored: every op starts from ngspice's junction initialisation and a
+        # sweep from the previous sample, which keeps answers independent of the caller.
         u = check_batch(circuit, inputs, nudge)
         B, n0 = u.shape[0], circuit.n_inputs
         floating = circuit.floating_nodes()
