@@ -30,6 +30,8 @@ def model_gradients(spec, backend: str, gradient: str, x, y, beta_v=None, center
     model = build_model(spec, backend=backend, gradient=gradient, beta_v=beta_v, centered=centered, seed=seed)
     if checkpoint is not None:
         model.load_state_dict(checkpoint)
+    # The deterministic network (dropout off): both estimates must see the same function.
+    model.eval()
     loss, _ = model.loss(x, y)
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach()), model
