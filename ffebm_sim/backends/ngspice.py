@@ -43,9 +43,10 @@ the Newton iteration budget), set with ngspice's ``option`` command on the
 loaded circuit; the deck is reloaded afterwards so the next sample runs with
 the deck's own options. A sample that still fails gets one last try from the
 parent: the same deck plus ``.nodeset`` cards holding the reference solver's
-answer (a warm start next to the solution; the homotopies again if needed). What rescued each sample is
-counted (:attr:`NgspiceBackend.convergence`). A sample that fails all of them
-keeps its failure message; the caller (training) decides to stop or skip.
+answer (a warm start next to the solution; the homotopies again if needed).
+What rescued each sample is counted (:attr:`NgspiceBackend.convergence`). A
+sample that fails all of them keeps its failure message; the caller
+(training) decides to stop or skip.
 Fault injection for tests: with ``FFEBM_FAULT_DIR`` set, an ``op`` first
 claims a file ``noconv-*`` there (atomic rename) and, if it got one, reports
 "no convergence" without solving (a DC sweep likewise); while a file
@@ -489,8 +490,8 @@ def session_stats() -> dict:
     solves, commands, analysis s."""
     s = session()
     with s.lock:
-        return {"pid": os.getpid(), "loads": s.loads, "deck": s.loaded_hash, "solves": s.solves, "commands": s.commands,
-                "analysis_s": s.analysis_seconds()}
+        return {"pid": os.getpid(), "loads": s.loads, "deck": s.loaded_hash, "solves": s.solves,
+                "commands": s.commands, "analysis_s": s.analysis_seconds()}
 
 
 class LocalEngine:
