@@ -168,17 +168,15 @@ def write(results: dict) -> None:
     lines += ["", "## Notes", "",
               "* Times were measured while other jobs shared the two cores (load 2-8); compare accuracies, "
               "not seconds, across rows. In a quiet run a digits epoch took 4 s (reference EP) and 7 s "
-              "(ngspice EP).",
-              "* mnist-5k (2026-11-30): the example model has a digital convolutional front end "
-              "(`circuits/mnist_ffebm.toml`); EP through ngspice, EP through the reference and the exact "
-              "implicit gradient all end at 96.40 %, the digital-only twin at 96.30 %. The earlier fully "
-              "connected front end (784-64, 2026-11-23, 5 epochs) stopped at 91.0 % and so did its digital "
-              "twin (91.1 %): the limit was generalising from 4000 images, not EP or ngspice.",
-              "* Splitting on digits (2026-11-30) ran at lr 3e-3 for every split: at the digits spec's 1e-2 the "
-              "three-block chain (three digital linear layers, two output gains of 10) diverged (31 %, "
-              "training accuracy 30 %, 2026-11-23); at 3e-3 one block gives 93.9 %, two 96.1 %, three 95.8 %. "
-              "Splitting the resistive stack keeps (here improves) accuracy, as in the ff-EBM paper. The "
-              "mnist-5k splitting rows are from 2026-11-23 (lr 1e-3, 5 epochs)."]
+              "(ngspice EP) on 2026-11-23.",
+              "* mnist-5k: the example model has a digital convolutional front end "
+              "(`circuits/mnist_ffebm.toml`). Its earlier fully connected front end (784-64, 2026-11-23, "
+              "5 epochs) stopped at 91.0 % and so did its digital twin (91.1 %): the limit was generalising "
+              "from 4000 images, not EP or ngspice.",
+              "* Splitting on digits runs at lr 3e-3 for every split (`--lr 3e-3`): at the digits spec's 1e-2 "
+              "the three-block chain (three digital linear layers, two output gains of 10) diverged (31 %, "
+              "training accuracy 30 %, 2026-11-23). The mnist-5k splitting rows are from 2026-11-23 (lr 1e-3, "
+              "5 epochs, fully connected front end)."]
     lines += ["", "Specs of the derived models are in `benchmarks/results/specs/`. "
               "Reproduce: `python benchmarks/bench_training.py --data digits --part methods`, "
               "`--data digits --part splitting --epochs 10 --lr 3e-3`, `--data mnist-5k --part methods`."]

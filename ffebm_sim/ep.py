@@ -86,13 +86,17 @@ class SolveFailed(RuntimeError):
     """
 
     def __init__(self, block: str, phase: str, samples: tuple[int, ...], reason: str, deck: str = ""):
-        more = f" (and {len(samples) - 1} more)" if len(samples) > 1 else ""
-        super().__init__(f"block '{block}', {phase} phase, sample {samples[0]}{more}: {reason}")
+        super().__init__(f"block '{block}', {phase} phase, sample {samples[0]}{and_more(samples)}: {reason}")
         self.block, self.phase, self.samples, self.reason, self.deck = block, phase, tuple(samples), reason, deck
         self.sample = self.samples[0]
 
     def __reduce__(self):
         return SolveFailed, (self.block, self.phase, self.samples, self.reason, self.deck)
+
+
+def and_more(samples) -> str:
+    """`` (and N more)`` after the first of several failed samples, else ''."""
+    return f" (and {len(samples) - 1} more)" if len(samples) > 1 else ""
 
 
 def solve_failed(circuit: BlockCircuit, phase: str, eq: Equilibrium, inputs: torch.Tensor,
@@ -197,21 +201,22 @@ def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, 
     if len(idx) == 0:
         return zero_grads
     u = inputs[idx]
+    nudge_plus, nudge_minus = nudge(+1.0, idx), nudge(-1.0, idx)
     # The nudged phases relax from the free state (as the circuit does): a solver may start there.
     start = free.node_voltages_v[idx]
     if centered and targets is None:
         # Current nudges leave the circuit the same in both phases: one solve request of
         # 2k samples (+beta rows, then -beta rows) keeps every worker busy and halves the
         # per-request costs.
-        both = Nudge(currents_a=torch.cat([nudge(+1.0, idx).currents_a, nudge(-1.0, idx).currents_a]))
+        both = Nudge(currents_a=torch.cat([nudge_plus.currents_a, nudge_minus.currents_a]))
         eq = backend.solve(circuit, torch.cat([u, u]), both, start=torch.cat([start, start]))
         plus, minus = eq.rows(slice(0, len(idx))), eq.rows(slice(len(idx), None))
     else:
-        plus = backend.solve(circuit, u, nudge(+1.0, idx), start=start)
-        minus = backend.solve(circuit, u, nudge(-1.0, idx), start=start) if centered else None
-    _check(plus, circuit, "+beta nudged", u, nudge(+1.0, idx), idx)
+        plus = backend.solve(circuit, u, nudge_plus, start=start)
+        minus = backend.solve(circuit, u, nudge_minus, start=start) if centered else None
+    _check(plus, circuit, "+beta nudged", u, nudge_plus, idx)
     if centered:
-        _check(minus, circuit, "-beta nudged", u, nudge(-1.0, idx), idx)
+        _check(minus, circuit, "-beta nudged", u, nudge_minus, idx)
         denom = 2.0 * beta[idx]
     else:
         minus = Equilibrium(free.node_voltages_v[idx], free.source_currents_a[idx], free.converged[idx])

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import _atomic_write_bytes
-from .ep import SolveFailed
+from .ep import SolveFailed, and_more
 
 ON_FAILURE = ("stop", "skip")
 
@@ -54,8 +54,8 @@ class FailurePolicy:
                 first = int(sample_ids[rows[e.sample]])
                 deck = self.write_deck(e, where, first)
                 if self.on_failure == "stop":
-                    more = f" (and {len(e.samples) - 1} more)" if len(e.samples) > 1 else ""
-                    raise RunStopped(f"{where}: block '{e.block}', {e.phase} phase, data-set sample {first}{more} "
+                    raise RunStopped(f"{where}: block '{e.block}', {e.phase} phase, data-set sample {first}"
+                                     f"{and_more(e.samples)} "
                                      f"did not converge ({e.reason}); its deck: {deck}; set on_failure = \"skip\" "
                                      "([training] or --on-failure skip) to skip such samples") from None
                 self.skipped += len(e.samples)

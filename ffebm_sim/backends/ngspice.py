@@ -268,15 +268,17 @@ def _injected_nonconvergence() -> bool:
         names = sorted(n for n in os.listdir(where) if n.startswith("noconv-"))
     except OSError:
         return False
-    if "noconv-always" in names:
+    return "noconv-always" in names or any(claim_fault_token(where, name) for name in names)
+
+
+def claim_fault_token(where: str, name: str, label: str | None = None) -> bool:
+    """Claim the fault-injection file ``name`` of directory ``where``: an atomic rename to
+    ``fired-<label or name>-<pid>``, so exactly one process gets each token."""
+    try:
+        os.rename(os.path.join(where, name), os.path.join(where, f"fired-{label or name}-{os.getpid()}"))
         return True
-    for name in names:
-        try:
-            os.rename(os.path.join(where, name), os.path.join(where, f"fired-{name}-{os.getpid()}"))
-            return True
-        except OSError:
-            continue                     # another process claimed it first
-    return False
+    except OSError:                      # another process claimed it first
+        return False
 
 
 def _failure(printed: str, what: str) -> str:
@@ -651,7 +653,8 @@ class NgspiceBackend(Backend):
         if not failed:
             return results
         from .reference import ReferenceBackend
-        rows = [j * self.chunk + k for j, k in failed]
+        starts = np.cumsum([0] + [job.values.shape[0] for job in jobs])      # each job's first batch row
+        rows = [int(starts[j]) + k for j, k in failed]
         ref = ReferenceBackend().solve(circuit, u[rows], None if nudge is None else nudge.rows(rows))
         retry, where = [], []
         for (j, k), x, ok in zip(failed, ref.node_voltages_v.numpy(), ref.converged.tolist()):

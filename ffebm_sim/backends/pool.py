@@ -42,9 +42,8 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .ngspice import DeckJob, JobResult, run_job, session, session_stats
+from .ngspice import FAULT_DIR_ENV, DeckJob, JobResult, claim_fault_token, run_job, session, session_stats
 
-FAULT_DIR_ENV = "FFEBM_FAULT_DIR"
 #: A job that took its worker down this many times is given up on (WorkerCrashError).
 MAX_CRASHES = 3
 
@@ -83,17 +82,11 @@ def inject_fault(job: DeckJob) -> None:
                     continue
             except ValueError:
                 continue
-            try:
-                os.rename(os.path.join(where, name), os.path.join(where, f"fired-{name}-{os.getpid()}"))
-            except OSError:
-                continue
-            os.kill(os.getpid(), signal.SIGKILL)
+            if claim_fault_token(where, name):
+                os.kill(os.getpid(), signal.SIGKILL)
         if name.startswith("once-"):
-            try:   # rename is atomic: exactly one worker claims each token
-                os.rename(os.path.join(where, name), os.path.join(where, f"fired-{name[5:]}-{os.getpid()}"))
-            except OSError:
-                continue
-            os.kill(os.getpid(), signal.SIGKILL)
+            if claim_fault_token(where, name, label=name[5:]):
+                os.kill(os.getpid(), signal.SIGKILL)
     always = os.path.join(where, "always")
     if os.path.isfile(always):
         try:
