@@ -5,10 +5,19 @@ decks; ``tests/test_netlist.py`` fails when they are stale. Every block spec in
 ``circuits/`` (a TOML file with a top-level ``layers`` key) gets a physical and
 a reduced deck, and every energy block of a model spec a physical deck, all
 for the input vector drawn with ``--seed 0``.
+
+Golden decks are compared as gdsfactory compares its regression files: the
+structure exactly, the numbers within a tolerance (:func:`deck_differences`).
+The last bits of a computed value (a Norton current, a mismatch factor through
+``exp``) can differ between CPUs, whose SIMD kernels round differently; a deck
+whose every card, element, node and keyword matches and whose every number
+agrees to 1e-12 relative is the same circuit on any machine.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +30,43 @@ ROOT = Path(__file__).resolve().parent.parent
 CIRCUITS = ROOT / "circuits"
 NETLISTS = ROOT / "netlists"
 REGENERATE = "make netlists"
+
+#: Relative tolerance on every number of a golden deck: far below anything
+#: physical (ngspice's reltol is 1e-9) and far above CPU-dependent rounding (1e-16).
+GOLDEN_RTOL = 1e-12
+
+# A number standing alone (not part of a name such as n1_0 or dclamp0, nor of a
+# version such as 0.1.0): SPICE values, option values, pwl points, counts.
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def _split_numbers(line: str) -> tuple[list[str], list[float]]:
+    """A line as its text around the numbers (compared exactly) and the numbers."""
+    return _NUMBER.split(line), [float(x) for x in _NUMBER.findall(line)]
+
+
+def _close(a: float, b: float, rtol: float) -> bool:
+    return a == b or math.isclose(a, b, rel_tol=rtol, abs_tol=0.0)
+
+
+def deck_differences(have: str, want: str, rtol: float = GOLDEN_RTOL) -> list[str]:
+    """Where deck text ``have`` differs from ``want``: the structure (every card,
+    element and node name, keyword and comment) exactly, every number within
+    ``rtol`` relative. One entry per differing line (``"line K: ..."``), or a
+    length difference; empty when the decks are the same circuit."""
+    a, b = have.splitlines(), want.splitlines()
+    problems = []
+    for k, (x, y) in enumerate(zip(a, b), start=1):
+        (tx, nx), (ty, ny) = _split_numbers(x), _split_numbers(y)
+        if tx != ty or len(nx) != len(ny):
+            problems.append(f"line {k}: structure differs:\n  file: {x}\n  code: {y}")
+        elif not all(_close(p, q, rtol) for p, q in zip(nx, ny)):
+            worst = max(abs(p - q) / max(abs(p), abs(q)) for p, q in zip(nx, ny) if p != q)
+            problems.append(f"line {k}: a number differs by {worst:.1e} relative (tolerance {rtol:.0e}):"
+                            f"\n  file: {x}\n  code: {y}")
+    if len(a) != len(b):
+        problems.append(f"length: the file has {len(a)} lines, the code emits {len(b)}")
+    return problems
 
 
 def block_specs() -> list[Path]:

@@ -48,6 +48,7 @@ from .circuit import (BlockCircuit, Nonlinearity, column_node_name, node_name, r
                       source_node_names)
 from .devices import DEFAULT_EG_EV, DEFAULT_XTI, NOMINAL_TEMPERATURE_C
 from .devices import DiodeModel
+from .numerics import fixed_order_matmul
 
 LIBRARY_PATH = Path(__file__).resolve().parent.parent / "circuits" / "ffebm.lib"
 
@@ -71,6 +72,18 @@ def target_source_name(j: int) -> str:
 
 def norton_source_name(j: int) -> str:
     return f"in1_{j}"
+
+
+def norton_currents_a(g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
+    """Norton currents of the source-driven input layer, ``I_j = sum_i G1[i,j] * V_i`` (A).
+
+    ``v_src``: ``(B, 2*n_0)`` or ``(2*n_0,)`` source voltages (V); ``g1``: the deck's
+    first-layer conductances ``(2*n_0, n_1)`` (S). Each node ``j`` of layer 1 sees the
+    sources as this current into it beside a conductance ``sum_i G1[i,j]`` to ground.
+    Summed in a fixed order (:func:`fixed_order_matmul`), so a sample's deck is the
+    same bit for bit alone or in any batch, on any CPU kernel, on any worker.
+    """
+    return fixed_order_matmul(v_src, g1)
 
 
 def _library() -> dict[str, str]:
@@ -174,7 +187,7 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     if reduced:
         body.append("* ---- input layer, reduced: per layer-1 node, Norton conductance sum_i G1[i,j] and current sum_i G1[i,j]*V_i ----")
         g_sum = g1.sum(0)
-        i_norton = v_src @ g1
+        i_norton = norton_currents_a(g1, v_src)
         for j in range(sizes[1]):
             if g_sum[j] > 0:
                 body.append(f"RN1_{j} {node_name(1, j)} 0 {num(1.0 / g_sum[j])}")

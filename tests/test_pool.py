@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_block, random_inputs
 from ffebm_sim.backends import Nudge
-from ffebm_sim.backends.ngspice import NgspiceBackend, sweep_deck
+from ffebm_sim.backends.ngspice import NgspiceBackend, digest, sweep_deck
 from ffebm_sim.backends.pool import PoolEngine
 from ffebm_sim.backends.reference import ReferenceBackend
 from ffebm_sim.ep import ep_gradients
@@ -59,16 +59,17 @@ def test_workers_keep_their_circuit(pool):
     c = make_block((6, 5, 3), kind="double", seed=4)
     u = random_inputs(c, B, seed=2)
     be = pool(True, "op")
+    mine = digest(be.deck_for(c, None))          # what a worker holding this circuit reports
     be.solve(c, u)
     before = {s["pid"]: s for s in be.engine.stats()}
     be.solve(c, u, _nudge(c, B))           # same conductances, current nudge: same deck, no reload
     after = {s["pid"]: s for s in be.engine.stats()}
-    # A process pool gives no way to address one worker, and a worker that got no job in the
-    # first solve still holds an earlier test's circuit (it must load this one): compare the
-    # workers that held this circuit after the first solve and answered both times.
-    holders = [p for p in before.keys() & after.keys()
-               if before[p]["deck"] is not None and before[p]["deck"] == after[p]["deck"]]
-    assert holders and all(before[p]["loads"] == after[p]["loads"] for p in holders)
+    # A process pool gives no way to address one worker: compare the workers that hold this
+    # circuit's deck (by digest) after the first solve and answered both stats queries.
+    holders = [p for p in before.keys() & after.keys() if before[p]["deck"] == mine]
+    assert holders, f"no worker that answered both times holds this circuit: {before} {after}"
+    for p in holders:
+        assert after[p]["deck"] == mine and after[p]["loads"] == before[p]["loads"], (before[p], after[p])
 
 
 def test_op_answer_does_not_depend_on_what_was_solved_before():

@@ -71,7 +71,7 @@ import torch
 
 from ..circuit import BlockCircuit, free_node_names, source_names
 from ..errors import SpecError
-from ..netlist import emit_deck, norton_source_name, nudge_source_name, target_source_name
+from ..netlist import emit_deck, norton_currents_a, norton_source_name, nudge_source_name, target_source_name
 from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current,
                    delivered_through_input_layer, source_voltages)
 
@@ -600,7 +600,7 @@ class NgspiceBackend(Backend):
         reduced = self._reduced(circuit)
         if reduced:
             names += [norton_source_name(j) for j in range(circuit.layer_sizes[1])]
-            columns.append(v_src @ g1)
+            columns.append(norton_currents_a(g1, v_src))
         else:
             names += source_names(n0)
             columns.append(v_src)
