@@ -41,38 +41,58 @@ class SolverStats:
         return {"solves": self.solves, "failures": self.failures}
 
 
+def _free_equilibrium(block: "EnergyBlock", weights, u: torch.Tensor):
+    """(circuit, float64 inputs, free equilibrium) for ``u``; a failed solve raises with its deck."""
+    circuit = block.circuit_for(weights)
+    u64 = u.detach().to(DTYPE)
+    free = block.backend.solve(circuit, u64)
+    block.stats.solves += u64.shape[0]
+    if not free.ok:
+        block.stats.failures += int((~free.converged).sum())
+        raise solve_failed(circuit, "free", free, u64)
+    return circuit, u64, free
+
+
+def _block_gradients(block: "EnergyBlock", circuit: BlockCircuit, u64: torch.Tensor, free, delta: torch.Tensor,
+                     targets: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None):
+    """Gradients through the block for ``delta = dL/dV_out`` (``(B, n_out)``, 1/V).
+
+    ``implicit``: the exact gradient of the reference solver at the free state (solved by
+    the reference when the block's backend is another). ``ep``: equilibrium propagation on
+    the block's backend, nudged by currents ``-beta*delta`` or, with ``targets``, by the
+    resistive nudge towards them (``sample_weights`` scale each sample's cost).
+    Returns ``(dL/du, [dL/dweight, ...])`` in the dtypes of the inputs and the parameters.
+    """
+    if block.gradient == "implicit":
+        reference = free if isinstance(block.backend, ReferenceBackend) else ReferenceBackend().solve(circuit, u64)
+        grads = implicit_gradients(circuit, u64, reference, delta)
+    elif targets is None:
+        grads = ep_gradients(circuit, block.backend, u64, free, delta, beta_v=block.beta_v, centered=block.centered)
+    else:
+        grads = ep_gradients(circuit, block.backend, u64, free, targets=targets, sample_weights=sample_weights,
+                             beta_v=block.beta_v, centered=block.centered)
+    block.stats.solves += grads.solves
+    unit = block.conductance_unit_s
+    per_tensor = list(grads.conductances)
+    if circuit.has_bias:
+        per_tensor += list(grads.bias_pos) + list(grads.bias_neg)
+    weights = [(g * unit).to(dtype) for g, dtype in zip(per_tensor, block.weight_dtypes())]
+    return grads.inputs, weights
+
+
 class _EnergyBlockFunction(torch.autograd.Function):
     """Forward: free equilibrium. Backward: EP (or implicit) through the block."""
 
     @staticmethod
     def forward(ctx, block: "EnergyBlock", u, *weights):
-        circuit = block.circuit_for(weights)
-        u64 = u.detach().to(DTYPE)
-        free = block.backend.solve(circuit, u64)
-        block.stats.solves += u64.shape[0]
-        if not free.ok:
-            block.stats.failures += int((~free.converged).sum())
-            raise solve_failed(circuit, "free", free, u64)
-        ctx.block, ctx.circuit, ctx.free, ctx.u64 = block, circuit, free, u64
-        ctx.in_dtype = u.dtype
+        circuit, u64, free = _free_equilibrium(block, weights, u)
+        ctx.block, ctx.circuit, ctx.free, ctx.u64, ctx.in_dtype = block, circuit, free, u64, u.dtype
         return free.output_voltages(circuit).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        block, circuit, free, u64 = ctx.block, ctx.circuit, ctx.free, ctx.u64
-        delta = grad_out.detach().to(DTYPE)
-        if block.gradient == "implicit":
-            free_ref = free if isinstance(block.backend, ReferenceBackend) else ReferenceBackend().solve(circuit, u64)
-            grads = implicit_gradients(circuit, u64, free_ref, delta)
-        else:
-            grads = ep_gradients(circuit, block.backend, u64, free, delta, beta_v=block.beta_v, centered=block.centered)
-        block.stats.solves += grads.solves
-        unit = block.conductance_unit_s
-        g_weights = [g * unit for g in grads.conductances]
-        if circuit.has_bias:
-            g_weights += [g * unit for g in grads.bias_pos] + [g * unit for g in grads.bias_neg]
-        g_weights = [g.to(w_dtype) for g, w_dtype in zip(g_weights, block.weight_dtypes())]
-        return (None, grads.inputs.to(ctx.in_dtype), *g_weights)
+        d_inputs, d_weights = _block_gradients(ctx.block, ctx.circuit, ctx.u64, ctx.free, grad_out.detach().to(DTYPE))
+        return (None, d_inputs.to(ctx.in_dtype), *d_weights)
 
 
 class EnergyBlock(nn.Module):
@@ -170,36 +190,19 @@ class _ResistiveLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, block: EnergyBlock, u, targets, *weights):
-        circuit = block.circuit_for(weights)
-        u64 = u.detach().to(DTYPE)
-        free = block.backend.solve(circuit, u64)
-        block.stats.solves += u64.shape[0]
-        if not free.ok:
-            block.stats.failures += int((~free.converged).sum())
-            raise solve_failed(circuit, "free", free, u64)
+        circuit, u64, free = _free_equilibrium(block, weights, u)
         v = free.output_voltages(circuit)
         y = targets.detach().to(DTYPE)
-        ctx.block, ctx.circuit, ctx.free, ctx.u64, ctx.y, ctx.in_dtype = block, circuit, free, u64, y, u.dtype
-        ctx.v = v
+        ctx.block, ctx.circuit, ctx.free, ctx.u64, ctx.y, ctx.v, ctx.in_dtype = block, circuit, free, u64, y, v, u.dtype
         return ((v - y) ** 2).mean().to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        block, circuit, free, u64, y = ctx.block, ctx.circuit, ctx.free, ctx.u64, ctx.y
-        B, n = y.shape
+        B, n = ctx.y.shape
         scale = float(grad_loss) * 2.0 / (B * n)            # d mean((v-y)^2) = 2/(B n) * sum_b dl_b, l_b = |v_b-y_b|^2/2
-        if block.gradient == "implicit":
-            grads = implicit_gradients(circuit, u64, free, scale * (ctx.v - y))
-        else:
-            grads = ep_gradients(circuit, block.backend, u64, free, targets=y,
-                                 sample_weights=torch.full((B,), scale, dtype=DTYPE),
-                                 beta_v=block.beta_v, centered=block.centered)
-        block.stats.solves += grads.solves
-        unit = block.conductance_unit_s
-        g_weights = [g * unit for g in grads.conductances]
-        if circuit.has_bias:
-            g_weights += [g * unit for g in grads.bias_pos] + [g * unit for g in grads.bias_neg]
-        return (None, grads.inputs.to(ctx.in_dtype), None, *g_weights)
+        d_inputs, d_weights = _block_gradients(ctx.block, ctx.circuit, ctx.u64, ctx.free, scale * (ctx.v - ctx.y),
+                                               targets=ctx.y, sample_weights=torch.full((B,), scale, dtype=DTYPE))
+        return (None, d_inputs.to(ctx.in_dtype), None, *d_weights)
 
 
 def resistive_mse(block: EnergyBlock, u: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

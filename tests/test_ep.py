@@ -134,6 +134,23 @@ def test_resistive_nudge_gives_the_mse_gradient():
     assert _rel(grads["ep"], grads["implicit"]) < 1e-4
 
 
+@pytest.mark.parametrize("loss", ["current", "resistive"])
+def test_implicit_gradient_is_the_reference_one_whatever_the_backend(loss):
+    """Both autograd paths take the implicit gradient at the reference solver's free state,
+    so a block on ngspice gives the reference block's exact gradient (to the solvers' 1e-9 V)."""
+    c = _strongly_nonlinear("double", bias=True, seed=9)
+    u = random_inputs(c, 4, seed=6)
+    y = torch.from_numpy(np.random.default_rng(5).uniform(-0.2, 0.2, (4, 3)))
+    grads = {}
+    for backend in ("reference", "ngspice"):
+        block = EnergyBlock(c, backend, "implicit")
+        uu = u.detach().clone().requires_grad_(True)
+        out = resistive_mse(block, uu, y) if loss == "resistive" else ((block(uu) - y) ** 2).sum()
+        out.backward()
+        grads[backend] = torch.cat([w.grad.flatten() for w in block.all_weights()] + [uu.grad.flatten()])
+    assert _rel(grads["ngspice"], grads["reference"]) < 1e-9
+
+
 def test_energy_block_backward_equals_current_nudge_ep():
     c = _strongly_nonlinear("double", bias=True, seed=8)
     block = EnergyBlock(c, "reference", "ep")
