@@ -5,7 +5,7 @@
 Prints a Markdown table of the RMS distance to the true minimum (fraction of
 the device range, last quarter of the run; mean over seeds) per device preset
 and rule. See ffebm_sim/hardware/sanity.py for the problem and
-ffebm_sim/hardware/README.md for what to expect.
+docs/hardware.md for what to expect.
 """
 
 from __future__ import annotations

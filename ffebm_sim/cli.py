@@ -192,7 +192,7 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
               help="Conductances' learning rate, in units of each block's unit: Adam's step size (default: the "
                    "spec's, else 2e-3); with --device the update rule's step per unit gradient, which sets the "
                    "pulses requested and needs a different value than Adam's (default per preset and rule, see "
-                   "ffebm_sim/hardware/README.md).")
+                   "docs/hardware.md).")
 @click.option("--device", help="Update conductances as pulses on devices of this preset "
                                "(ideal, reram, ecram, pcm) instead of Adam; digital blocks keep Adam.")
 @click.option("--update", help="With --device: the update rule, sgd (default), mixed, tiki-taka or shd.")

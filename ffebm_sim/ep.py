@@ -3,8 +3,8 @@
 Both return the same :class:`BlockGradients` for a loss ``L`` whose gradient
 with respect to the output voltages is ``delta = dL/dV_out`` (per sample).
 
-**Equilibrium propagation** (DESIGN.md section 3). The block's energy depends
-on a conductance only through the voltage drop across it:
+**Equilibrium propagation** (Scellier & Bengio 2017; centered as in Laborieux et al.
+2021). The block's energy depends on a conductance only through the voltage drop across it:
 ``dE/dG_ij = (V_i - V_j)**2 / 2``; on a bias conductance to rail ``V_r``:
 ``(V_j - V_r)**2 / 2``; on a source voltage: the current the source delivers
 into the network. Nudging sample ``b`` with the current ``-beta_b*delta_b``

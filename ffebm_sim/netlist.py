@@ -110,7 +110,7 @@ class _Models:
         self.cards: list[str] = []
         self.library = _library()
 
-    def diode(self, model: DiodeModel, gmin: float, subckt: str) -> str:
+    def diode(self, model: DiodeModel, subckt: str) -> str:
         key = (model.saturation_current_a, model.emission_coefficient)
         keys = [(d.saturation_current_a, d.emission_coefficient) for d in self.diodes]
         if key not in keys:
@@ -231,7 +231,7 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     for k in range(1, m + 1):
         nl = circuit.layer_nonlinearity(k)
         if nl is not None:
-            body += [""] + _nonlinearity_cards(k, sizes[k], nl, circuit.gmin_s, models,
+            body += [""] + _nonlinearity_cards(k, sizes[k], nl, models,
                                                circuit.diode_parameters(k, nl) if circuit.has_diode_mismatch else None)
     body += ["", f"* ---- nudge on the {sizes[-1]} output nodes: current into each node (0 A in the free phase) ----"]
     i_n = np.zeros(sizes[-1]) if nudge_currents_a is None else np.asarray(nudge_currents_a, dtype=np.float64).reshape(-1)
@@ -312,7 +312,7 @@ def _crossbar_cards(circuit: BlockCircuit, k: int, g: np.ndarray) -> list[str]:
     return lines
 
 
-def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, gmin: float, models: _Models,
+def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, models: _Models,
                         per_diode: dict | None = None) -> list[str]:
     lines = [f"* ---- layer {k} nonlinearity: {nl.kind} ----"]
     if nl.kind == "pwl":
@@ -336,9 +336,9 @@ def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, gmin: float, models: _
                     models.cards.append(f".model {model} D(IS={num(per_diode['is'][j, col])} N={num(per_diode['n'][j, col])})")
                     lines.append(f"{card}{k}_{j} {nodes} {model}")
         return lines
-    both = models.diode(d, gmin, "clamp_double") if (up & down).any() else None
-    only_up = models.diode(d, gmin, "clamp_up") if (up & ~down).any() else None
-    only_down = models.diode(d, gmin, "clamp_down") if (~up & down).any() else None
+    both = models.diode(d, "clamp_double") if (up & down).any() else None
+    only_up = models.diode(d, "clamp_up") if (up & ~down).any() else None
+    only_down = models.diode(d, "clamp_down") if (~up & down).any() else None
     for j in range(n):
         if up[j] and down[j]:
             lines.append(f"X{k}_{j} {node_name(k, j)} vhi{k} vlo{k} {both}")

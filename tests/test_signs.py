@@ -1,4 +1,4 @@
-"""Sign conventions of DESIGN.md, checked once against hand calculations and the energy.
+"""Sign conventions of ffebm_sim/backends/base.py, checked once against hand calculations and the energy.
 
 * ``source_currents_a`` is the current a source delivers into the network,
   which is ``dE/dV_src`` at the equilibrium (so EP's input gradient is a

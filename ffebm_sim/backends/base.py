@@ -8,7 +8,7 @@
 * returns the free-node voltages (V), the current each input source delivers
   into the network (A) and a per-sample status.
 
-Sign convention (DESIGN.md section 3, written here once): ``source_currents_a``
+Sign convention (written here once; README, 'The circuit'): ``source_currents_a``
 is the current a source *delivers into the network* through its ``+``
 terminal. That is ``dE/dV_src`` of the block's energy, so EP's input gradient
 is a difference of these. ngspice's branch current ``i(Vname)`` flows into the
@@ -94,8 +94,6 @@ class Equilibrium:
     def output_voltages(self, circuit: BlockCircuit) -> torch.Tensor:
         return self.node_voltages_v[:, circuit.layer_slice(circuit.depth)]
 
-    def layer_voltages(self, circuit: BlockCircuit, k: int) -> torch.Tensor:
-        return self.node_voltages_v[:, circuit.layer_slice(k)]
 
 
 def delivered_from_branch_current(branch_current_a: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ with one of two methods:
   ``k``: one Newton solve per sample starting from the previous sample's
   solution, no reordering, no time-step control (a PWL *transient* would
   add about four time points per sample after each breakpoint; measured, see
-  benchmarks/README_speed.md). The deck is reloaded per chunk, so the answer
+  docs/speed.md). The deck is reloaded per chunk, so the answer
   depends only on the chunk (fixed boundaries: identical on 1 or N workers).
   A chunk whose sweep fails is solved again sample by sample with ``op``.
 

@@ -64,7 +64,6 @@ class _Network:
     """The linear algebra of one circuit, independent of the batch."""
 
     laplacian: torch.Tensor            # (N, N)
-    abs_laplacian: torch.Tensor        # |L| for the tolerance scale
     g_in: torch.Tensor                 # (2*n0, n1)
     bias_current: torch.Tensor         # (N,) pushed in by the bias rails
     out_slice: slice
@@ -300,7 +299,7 @@ def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network
                 diodes.append(_DiodeGroup(idx[torch.from_numpy(mask)], rail, upward, model,
                                           torch.from_numpy(np.ascontiguousarray(params["is_t"][mask, col])),
                                           torch.from_numpy(np.ascontiguousarray(params["vte"][mask, col]))))
-    return _Network(L, L.abs(), g_in, bias_current, circuit.layer_slice(circuit.depth), tuple(diodes), tuple(pwls),
+    return _Network(L, g_in, bias_current, circuit.layer_slice(circuit.depth), tuple(diodes), tuple(pwls),
                     lower, upper, bool(torch.isfinite(lower).any()), src_coupling, src_self, src_const, xbars)
 
 

@@ -1,6 +1,6 @@
 """Hardware realism: pulsed device update models, training rules on them, read-time non-idealities.
 
-See ``ffebm_sim/hardware/README.md`` for the equations, presets and API.
+See ``docs/hardware.md`` for the equations, presets and API.
 
     from ffebm_sim.hardware import get_device, make_update_rule, program
 
