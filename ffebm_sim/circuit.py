@@ -462,6 +462,21 @@ class BlockCircuit:
         return replace(self, hidden=tuple(emitted(h) for h in self.hidden), output=emitted(self.output))
 
 
+# ---- the input sources, written once -----------------------------------------
+
+def source_voltages(circuit: BlockCircuit, inputs):
+    """Source voltages ``[+a*u, -a*u]`` (V) along the last axis, in ``G_1`` row order.
+
+    ``inputs``: ``(..., n_0)`` unitless features, a numpy array or a torch tensor (the
+    result is of the same kind). ``-a*u`` is written as the exact negation of ``a*u``.
+    """
+    plus = circuit.input_gain_v * inputs
+    if isinstance(plus, np.ndarray):
+        return np.concatenate([plus, -plus], axis=-1)
+    import torch          # only for tensors: this module stays free of torch
+    return torch.cat([plus, -plus], dim=-1)
+
+
 # ---- SPICE names, written once ---------------------------------------------
 
 def node_name(k: int, j: int) -> str:

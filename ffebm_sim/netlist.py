@@ -45,7 +45,7 @@ import numpy as np
 
 from . import __version__
 from .circuit import (BlockCircuit, Nonlinearity, column_node_name, node_name, row_node_name, source_names,
-                      source_node_names)
+                      source_node_names, source_voltages)
 from .devices import DEFAULT_EG_EV, DEFAULT_XTI, NOMINAL_TEMPERATURE_C
 from .devices import DiodeModel
 from .numerics import fixed_order_matmul
@@ -160,7 +160,7 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     n0, m = sizes[0], circuit.depth
     u = np.zeros(n0) if inputs is None else np.asarray(inputs, dtype=np.float64).reshape(n0)
     a = circuit.input_gain_v
-    v_src = np.concatenate([a * u, -a * u])
+    v_src = source_voltages(circuit, u)
     wires = circuit.has_wires
     reduced_requested = reduced
     reduced = reduced and not wires

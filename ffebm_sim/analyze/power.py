@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..circuit import BlockCircuit
+from ..circuit import BlockCircuit, source_voltages
 from ..devices import DiodeModel, diode_current, pwl_current_and_conductance
 
 #: Largest number of float64 entries of one broadcast (batch x rows x columns) chunk.
@@ -137,8 +137,7 @@ def element_powers(circuit: BlockCircuit, inputs, node_voltages, nudge_currents_
     B, m = x.shape[0], circuit.depth
     if u.shape[0] == 1 and B > 1:
         u = np.broadcast_to(u, (B, u.shape[1]))
-    a = circuit.input_gain_v
-    v_src = np.concatenate([a * u, -a * u], axis=1)
+    v_src = source_voltages(circuit, u)
     layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, m + 1)]
     resistors = np.zeros((B, m))
     bias = np.zeros((B, m))

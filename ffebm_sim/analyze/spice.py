@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backends.base import delivered_from_branch_current
 from ..backends.ngspice import NgspiceDeckError, _failure, session
-from ..circuit import BlockCircuit, free_node_names, source_names
+from ..circuit import BlockCircuit, free_node_names, source_names, source_voltages
 from ..netlist import emit_deck, nudge_source_name, target_source_name
 
 
@@ -68,7 +68,6 @@ def operating_points(circuit: BlockCircuit, inputs: np.ndarray, nudge_currents_a
     nodes = free_node_names(circuit)
     vsrc = voltage_sources(circuit, resistive)
     vectors = nodes + [f"{name}#branch" for name, _ in vsrc]
-    a = circuit.input_gain_v
     volts = np.full((B, len(nodes)), np.nan)
     power = np.full(B, np.nan)
     messages = []
@@ -80,7 +79,7 @@ def operating_points(circuit: BlockCircuit, inputs: np.ndarray, nudge_currents_a
             return OpResult(volts, power, (str(e),) * B)
         try:
             for b in range(B):
-                values = {name: v for name, v in zip(source_names(n0), np.concatenate([a * u[b], -a * u[b]]))}
+                values = {name: v for name, v in zip(source_names(n0), source_voltages(circuit, u[b]))}
                 i_n = np.zeros(n_out) if nudge_currents_a is None else np.asarray(nudge_currents_a[b], dtype=np.float64)
                 for j in range(n_out):
                     values[nudge_source_name(j)] = i_n[j]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..circuit import BlockCircuit
+from ..circuit import BlockCircuit, source_voltages  # noqa: F401  (re-exported for the backends)
 from ..errors import SpecError
 
 
@@ -106,12 +106,6 @@ def delivered_through_input_layer(g1, v_src, layer1):
     ``I_s = sum_j G1[s, j] * (v_s - x_j)``. Works on torch tensors and numpy arrays alike;
     used wherever the branch currents are not read from SPICE (reference, reduced deck)."""
     return v_src * g1.sum(1) - layer1 @ g1.T
-
-
-def source_voltages(circuit: BlockCircuit, inputs: torch.Tensor) -> torch.Tensor:
-    """``(B, 2*n_0)`` source voltages ``[+a*u, -a*u]`` in ``G_1`` row order (V)."""
-    a = circuit.input_gain_v
-    return torch.cat([a * inputs, -a * inputs], dim=1)
 
 
 def check_batch(circuit: BlockCircuit, inputs, nudge: Nudge | None) -> torch.Tensor:

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ..circuit import BlockCircuit, free_node_names, node_name, source_names, source_node_names
+from ..circuit import BlockCircuit, free_node_names, node_name, source_names, source_node_names, source_voltages
 from ..netlist import SOLVER_OPTIONS
 from .ngspice import _library_path
 
@@ -31,8 +31,7 @@ def naive_solve(circuit: BlockCircuit, u: np.ndarray, nudge_currents_a: np.ndarr
 
     c = circuit.as_emitted()
     sizes, m, n0 = c.layer_sizes, c.depth, c.n_inputs
-    a = c.input_gain_v
-    v_src = np.concatenate([a * u, -a * u])
+    v_src = source_voltages(c, np.asarray(u, dtype=np.float64))
     net = Circuit(c.name)
     for name, node, v in zip(source_names(n0), source_node_names(n0), v_src):
         net.V(name[1:], node, net.gnd, float(v))
