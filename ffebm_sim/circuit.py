@@ -120,6 +120,28 @@ class Nonlinearity:
             return np.arange(n) >= (n + 1) // 2
         return np.zeros(n, bool)
 
+    def clamp_rail_v(self, upward: bool) -> float:
+        """The rail an upward (``+v_off``) or downward (``-v_off``) clamp diode ties to (V)."""
+        return self.v_off_v if upward else -self.v_off_v
+
+
+def clamp_diode_voltage(node_v, rail_v: float, upward: bool):
+    """Voltage across a clamp diode, anode minus cathode (V), numpy or torch.
+
+    The orientation of the clamps, written once (the deck's ``clamp_*`` subcircuits
+    in ``circuits/ffebm.lib`` are the same): an **upward** clamp is a diode from the
+    node (anode) to the rail at ``+v_off`` (cathode) and conducts when the node rises
+    above the rail; a **downward** clamp is a diode from the rail at ``-v_off`` to the
+    node and conducts when the node falls below it.
+    """
+    return node_v - rail_v if upward else rail_v - node_v
+
+
+def clamp_node_current(diode_current_a, upward: bool):
+    """The current (A) a clamp diode carrying ``diode_current_a`` (anode to cathode) draws
+    out of its node: an upward clamp's anode is the node, a downward clamp's cathode is."""
+    return diode_current_a if upward else -diode_current_a
+
 
 def _check_diode(d: DiodeModel) -> None:
     _positive("diode.is", d.saturation_current_a, "saturation current IS in amperes, > 0")
@@ -475,6 +497,16 @@ def source_voltages(circuit: BlockCircuit, inputs):
         return np.concatenate([plus, -plus], axis=-1)
     import torch          # only for tensors: this module stays free of torch
     return torch.cat([plus, -plus], dim=-1)
+
+
+def output_conductance_s(circuit: BlockCircuit) -> float:
+    """Mean total conductance at an output node (S), bias conductances included: the
+    scale that turns volts into nudge currents (a current ``g_out * dV`` moves an
+    output node by about ``dV``)."""
+    g = np.asarray(circuit.conductances[-1]).sum(0).mean()
+    if circuit.has_bias:
+        g += float(np.mean(circuit.bias_pos[-1] + circuit.bias_neg[-1]))
+    return float(max(g, 1e-30))
 
 
 # ---- SPICE names, written once ---------------------------------------------

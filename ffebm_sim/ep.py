@@ -53,7 +53,7 @@ import torch
 
 from .backends.base import Backend, Equilibrium, Nudge, source_voltages
 from .backends.reference import DTYPE, _nonlinear, build_network, crossbar_drops
-from .circuit import BlockCircuit
+from .circuit import BlockCircuit, output_conductance_s
 
 DEFAULT_BETA_V = 1e-3
 
@@ -117,12 +117,30 @@ def solve_failed(circuit: BlockCircuit, phase: str, eq: Equilibrium, inputs: tor
     return SolveFailed(circuit.name, phase, samples, eq.messages[b], deck)
 
 
-def output_conductance_s(circuit: BlockCircuit) -> float:
-    """Mean total conductance at an output node (S): the scale that turns volts into nudge currents."""
-    g = np.asarray(circuit.conductances[-1]).sum(0).mean()
-    if circuit.has_bias:
-        g += float(np.mean(circuit.bias_pos[-1] + circuit.bias_neg[-1]))
-    return float(max(g, 1e-30))
+def current_nudge_amplitudes(circuit: BlockCircuit, delta: torch.Tensor, beta_v: float) -> torch.Tensor:
+    """Per-sample amplitude ``beta_b`` (A per unit of ``delta``) of the nudge current ``-beta_b*delta_b``.
+
+    ``beta_b = beta_v * G_out / max_j |delta_bj|``: the largest nudge current of sample ``b``
+    is ``beta_v * G_out``, which moves an output node by about ``beta_v`` volts whatever
+    the loss's scale (``G_out``: :func:`output_conductance_s`). A sample with ``delta_b = 0``
+    needs no nudge: ``beta_b = 0``. ``delta``: ``(B, n_out)``; returns ``(B,)``.
+    """
+    scale = delta.abs().amax(1)
+    active = scale > 0
+    return torch.where(active, beta_v * output_conductance_s(circuit) / torch.where(active, scale, torch.ones_like(scale)),
+                       torch.zeros_like(scale))
+
+
+def resistive_nudge_conductance_s(circuit: BlockCircuit, output_v: torch.Tensor, targets: torch.Tensor,
+                                  beta_v: float) -> float:
+    """The resistive nudge's conductance ``beta`` (S) to the targets, for the whole batch.
+
+    ``beta = beta_v * G_out / max |V_out - y|``: the nudge moves the output with the largest
+    error by about ``beta_v`` volts. ``output_v``, ``targets``: ``(B, n_out)`` (V); samples
+    whose output is NaN (a failed solve, in ``ffebm analyze``) do not count.
+    """
+    err = float((output_v - targets).abs().nan_to_num(0.0).amax())
+    return beta_v * output_conductance_s(circuit) / max(err, 1e-12)
 
 
 def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium):
@@ -171,21 +189,17 @@ def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, 
     """
     inputs = inputs.to(DTYPE)
     B = inputs.shape[0]
-    g_out = output_conductance_s(circuit)
     if targets is None:
         delta = delta.to(DTYPE)
-        scale = delta.abs().amax(1)
-        active = scale > 0                                   # samples with no error need no nudge
-        beta = torch.where(active, beta_v * g_out / torch.where(active, scale, torch.ones_like(scale)),
-                           torch.ones_like(scale))
+        beta = current_nudge_amplitudes(circuit, delta, beta_v)
+        active = beta > 0                                    # samples with no error need no nudge
 
         def nudge(sign: float, idx) -> Nudge:
             return Nudge(currents_a=-sign * beta[idx, None] * delta[idx])
         weights = torch.ones(B, dtype=DTYPE)
     else:
         targets = targets.to(DTYPE)
-        err = (free.output_voltages(circuit) - targets).abs().amax()
-        beta_s = beta_v * g_out / float(max(err, 1e-12))
+        beta_s = resistive_nudge_conductance_s(circuit, free.output_voltages(circuit), targets, beta_v)
         active = torch.ones(B, dtype=torch.bool)
         beta = torch.full((B,), beta_s, dtype=DTYPE)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .backends import Nudge, ReferenceBackend
-from .circuit import BlockCircuit
+from .circuit import BlockCircuit, clamp_diode_voltage, output_conductance_s
 
 #: The agreement ``ffebm verify`` requires between any two solvers, volts.
 AGREEMENT_TOLERANCE_V = 1e-9
@@ -29,14 +29,13 @@ AGREEMENT_TOLERANCE_V = 1e-9
 
 def nudge_scale_a(circuit: BlockCircuit, volts: float = 0.1) -> float:
     """A current that moves an output node by about ``volts``: mean output conductance times volts."""
-    g_out = np.asarray(circuit.conductances[-1]).sum(0).mean()
-    return float(volts * g_out)
+    return volts * output_conductance_s(circuit)
 
 
 def random_nudge(circuit: BlockCircuit, batch: int, rng: np.random.Generator) -> Nudge:
     """Random output nudge of the circuit's mode, scaled to move outputs by ~0.1 V."""
     if circuit.nudge == "resistive":
-        g = float(np.asarray(circuit.conductances[-1]).sum(0).mean())
+        g = output_conductance_s(circuit)
         return Nudge(conductance_s=g, target_v=torch.from_numpy(rng.uniform(-1, 1, (batch, circuit.n_outputs))))
     return Nudge(currents_a=torch.from_numpy(rng.normal(0, nudge_scale_a(circuit), (batch, circuit.n_outputs))))
 
@@ -101,7 +100,7 @@ def _conducting_fraction(circuit: BlockCircuit, volts: torch.Tensor, threshold_a
     on = total = 0
     for g in net.diodes:
         x = volts[:, g.nodes]
-        vd = x - g.rail_v if g.upward else g.rail_v - x
+        vd = clamp_diode_voltage(x, g.rail_v, g.upward)
         on += int((diode_current(vd, g.model) > threshold_a).sum())
         total += vd.numel()
     for g in net.pwls:

@@ -41,10 +41,10 @@ import torch
 from ..backends.reference import ReferenceBackend
 from ..blocks import EnergyBlock, Quantizer
 from ..checkpoint import load_checkpoint_file
-from ..circuit import node_name
+from ..circuit import clamp_diode_voltage, clamp_node_current, node_name
 from ..data import load_dataset
 from ..devices import DiodeModel, diode_current, pwl_current_and_conductance
-from ..ep import output_conductance_s
+from ..ep import current_nudge_amplitudes, resistive_nudge_conductance_s
 from ..errors import SpecError
 from ..model import FFEBM, build_model
 from ..netlist import emit_deck
@@ -253,19 +253,17 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
     last = block is model.energy_blocks[-1]
     resistive = last and model.loss_kind == "mse" and model.resistive
     if options.nudged:
-        g_out = output_conductance_s(circuit)
         signs = (+1.0, -1.0) if block.centered else (+1.0,)
         if resistive:
             targets = model.target_voltages(y, n_out).numpy()
-            err = float(np.nanmax(np.abs(free.x[:, out_slice] - targets)))
-            beta_s = block.beta_v * g_out / max(err, 1e-12)
+            beta_s = resistive_nudge_conductance_s(circuit, torch.from_numpy(free.x[:, out_slice]),
+                                                   torch.from_numpy(targets), block.beta_v)
             for sign in signs:
                 phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
                                      g_nudge=sign * beta_s, targets=targets))
         elif "delta" in signals:
             delta = signals["delta"].numpy()
-            scale = np.abs(delta).max(1)
-            beta = np.where(scale > 0, block.beta_v * g_out / np.where(scale > 0, scale, 1.0), 0.0)
+            beta = current_nudge_amplitudes(circuit, torch.from_numpy(delta), block.beta_v).numpy()
             for sign in signs:
                 phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
                                      currents=-sign * beta[:, None] * delta))
@@ -495,10 +493,10 @@ def _element_current(circuit, nl, v: np.ndarray, k: int) -> np.ndarray:
     model = DiodeModel(d.saturation_current_a, d.emission_coefficient, circuit.gmin_s)
     n = circuit.layer_sizes[k]
     i = torch.zeros_like(vt)
-    if nl.clamps_up(n)[0]:
-        i = i + diode_current(vt - nl.v_off_v, model)
-    if nl.clamps_down(n)[0]:
-        i = i - diode_current(-nl.v_off_v - vt, model)
+    for upward, present in ((True, nl.clamps_up(n)[0]), (False, nl.clamps_down(n)[0])):
+        if present:
+            i = i + clamp_node_current(diode_current(clamp_diode_voltage(vt, nl.clamp_rail_v(upward), upward), model),
+                                       upward)
     return i.numpy()
 
 

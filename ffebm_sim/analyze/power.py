@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..circuit import BlockCircuit, source_voltages
+from ..backends.base import delivered_through_input_layer
+from ..circuit import BlockCircuit, clamp_diode_voltage, source_voltages
 from ..devices import DiodeModel, diode_current, pwl_current_and_conductance
 
 #: Largest number of float64 entries of one broadcast (batch x rows x columns) chunk.
@@ -147,8 +148,7 @@ def element_powers(circuit: BlockCircuit, inputs, node_voltages, nudge_currents_
         g = np.asarray(circuit.conductances[k - 1])
         resistors[:, k - 1] = _pairwise_power(layers[k - 1], layers[k], g)
     g1 = np.asarray(circuit.conductances[0])
-    # current each input source delivers: sum_j G1[s, j] * (V_s - V_j)
-    i_src = v_src * g1.sum(1) - layers[1] @ g1.T
+    i_src = delivered_through_input_layer(g1, v_src, layers[1])
     sources["inputs"] = v_src * i_src
     if circuit.has_bias:
         vb = circuit.bias_voltage_v
@@ -174,8 +174,8 @@ def element_powers(circuit: BlockCircuit, inputs, node_voltages, nudge_currents_
             continue
         model = nl.emitted_diode
         up, down = nl.clamps_up(n), nl.clamps_down(n)
-        vd_up = xk[:, up] - nl.v_off_v                  # anode node, cathode rail +v_off
-        vd_down = -nl.v_off_v - xk[:, down]             # anode rail -v_off, cathode node
+        vd_up = clamp_diode_voltage(xk[:, up], nl.clamp_rail_v(True), True)
+        vd_down = clamp_diode_voltage(xk[:, down], nl.clamp_rail_v(False), False)
         i_up = _diode(model, circuit.gmin_s, vd_up)
         i_down = _diode(model, circuit.gmin_s, vd_down)
         nonlinear[:, k - 1] = (vd_up * i_up).sum(1) + (vd_down * i_down).sum(1)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..circuit import BlockCircuit, free_node_names
+from ..circuit import BlockCircuit, clamp_diode_voltage, clamp_node_current, free_node_names
 from ..devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
                        pwl_current_and_conductance)
 from ..errors import SpecError
@@ -294,9 +294,9 @@ def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network
         model = DiodeModel(nl.emitted_diode.saturation_current_a, nl.emitted_diode.emission_coefficient, circuit.gmin_s)
         params = circuit.diode_parameters(k, nl)
         up, down = nl.clamps_up(sizes[k]), nl.clamps_down(sizes[k])
-        for col, (mask, rail, upward) in enumerate(((up, nl.v_off_v, True), (down, -nl.v_off_v, False))):
+        for col, (mask, upward) in enumerate(((up, True), (down, False))):
             if mask.any():
-                diodes.append(_DiodeGroup(idx[torch.from_numpy(mask)], rail, upward, model,
+                diodes.append(_DiodeGroup(idx[torch.from_numpy(mask)], nl.clamp_rail_v(upward), upward, model,
                                           torch.from_numpy(np.ascontiguousarray(params["is_t"][mask, col])),
                                           torch.from_numpy(np.ascontiguousarray(params["vte"][mask, col]))))
     return _Network(L, g_in, bias_current, circuit.layer_slice(circuit.depth), tuple(diodes), tuple(pwls),
@@ -317,9 +317,9 @@ def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
     e = torch.zeros(x.shape[0], dtype=x.dtype)
     for g in net.diodes:
         xv = x[:, g.nodes]
-        vd = xv - g.rail_v if g.upward else g.rail_v - xv
+        vd = clamp_diode_voltage(xv, g.rail_v, g.upward)
         i, gd = junction_current_and_conductance(vd, g.isat, g.vte, g.model.gmin_s)
-        f[:, g.nodes] += i if g.upward else -i
+        f[:, g.nodes] += clamp_node_current(i, g.upward)
         df[:, g.nodes] += gd
         if energy:
             e = e + junction_cocontent(vd, g.isat, g.vte, g.model.gmin_s).sum(1)
