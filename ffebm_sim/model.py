@@ -197,13 +197,14 @@ def build_model(spec: str | Path | dict, backend: str | Backend = "reference", g
             layers.append(_converter(f"{where}.dac", entry["dac"], "dac"))
         g_min, g_max = _conductance_range(where, entry)
         spec_beta = _number(f"{where}.beta", entry.get("beta", DEFAULT_BETA_V), "volts, > 0")
-        check_beta(spec_beta, circuit, f"{where}.beta", spec_default=DEFAULT_BETA_V)
+        check_beta(spec_beta, circuit, f"{where}.beta", hint=f"the default is {DEFAULT_BETA_V!r} V")
         layers.append(EnergyBlock(
             circuit, backend_obj, gradient,
             beta_v=spec_beta if beta_v is None else beta_v,
             centered=bool(entry.get("centered", True)) if centered is None else centered,
             g_min_s=g_min, g_max_s=g_max,
             output_gain=_number(f"{where}.output_gain", entry.get("output_gain", 1.0), "units per volt")))
+        layers[-1].spec_key = where          # messages name the block as the spec does
         if "adc" in entry:
             layers.append(_converter(f"{where}.adc", entry["adc"], "adc"))
     input_size = spec.get("input_size")

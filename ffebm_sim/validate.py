@@ -141,16 +141,15 @@ def check_solver_memory(circuit, batch: int, field: str, value, backends=("refer
                  "for large blocks)")
 
 
-def check_model_memory(model, batch: int, field: str, value, backend: str = "reference",
+def check_model_memory(model, rows: int, field: str, value, backend: str = "reference",
                        gradient: str = "ep", data_bytes: float = 0.0) -> None:
-    """The dense structures of every energy block of ``model`` at ``batch`` samples, plus the data."""
+    """The dense structures of every energy block of ``model`` for solves of ``rows`` samples
+    (EP solves a batch's +beta and -beta phases together: 2 x batch), plus the data."""
     parts: list[tuple[str, float]] = []
     if data_bytes:
         parts.append(("the data set", float(data_bytes)))
     for b in model.energy_blocks:
         reference = backend == "reference" or gradient == "implicit"
-        # EP solves the +beta and -beta phases of a batch together: 2 x batch rows.
-        rows = 2 * batch if gradient == "ep" else batch
         backends = (("reference",) if reference else ()) + (("ngspice",) if backend == "ngspice" else ())
         for name, size in solver_parts(b.template, rows, backends):
             parts.append((f"{b.template.name}: {name}", size))
@@ -175,14 +174,14 @@ def beta_limit_v(circuit) -> tuple[float, str]:
     return 0.1 * abs(circuit.input_gain_v), "a tenth of its input_gain (the volts a unit input drives)"
 
 
-def check_beta(beta, circuit, field: str, spec_default: float | None = None) -> None:
+def check_beta(beta, circuit, field: str, hint: str | None = None) -> None:
     """``beta`` (V) must be finite, > 0 and inside EP's linear regime of ``circuit``."""
     if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) \
             or not np.isfinite(beta) or beta <= 0:
         raise SpecError(f"{field}: {plain(beta)}; the nudge amplitude in volts, a finite number > 0")
     limit, why = beta_limit_v(circuit)
     if float(beta) > limit:
-        default = f"; the spec default is {plain(spec_default)} V" if spec_default is not None else ""
+        default = f"; {hint}" if hint else ""
         raise SpecError(f"{field}: {plain(float(beta))} V is outside EP's linear regime of block '{circuit.name}': "
                         f"the nudge must stay below {limit:.3g} V, {why} (the gradient error grows as beta**2; "
                         f"check with `ffebm gradcheck`){default}")
@@ -273,7 +272,12 @@ def check_state(model, state: dict, source: str, model_label: str) -> None:
                     f"--checkpoint: {source}: energy block {n} ('{block.template.name}') {name} holds "
                     f"{plain(float(g[tuple(idx)]))} S at {idx}, outside the block's g_min..g_max {rng}; refused, "
                     "not clipped (training keeps every conductance in range, so this is another spec's or an "
-                    "edited checkpoint); give a checkpoint of this spec or widen g_min/g_max in its [[blocks]] entry")
+                    f"edited checkpoint); give a checkpoint of this spec or widen {key_of(block)}.g_min/g_max")
+
+
+def key_of(block) -> str:
+    """The spec path of an energy block (``blocks[1]``), or its circuit's name."""
+    return getattr(block, "spec_key", None) or f"energy block '{block.template.name}'"
 
 
 def apply_checkpoint(model, checkpoint: str | Path, model_label: str) -> dict:
