@@ -90,7 +90,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
         arrays = {k: read_idx(p) for k, p in paths.items()}
         _check_mnist(arrays, paths)
         xtr, xte = (arrays[k].reshape(len(arrays[k]), -1) / 255.0 for k in ("train_x", "test_x"))
-        t = lambda a, d: torch.from_numpy(np.ascontiguousarray(a)).to(d)  # noqa: E731
+        t = lambda a, d: torch.from_numpy(np.array(a)).to(d)  # noqa: E731  (a copy: IDX arrays are read-only views)
         return Dataset(name, t(xtr, torch.float64), t(arrays["train_y"], torch.int64),
                        t(xte, torch.float64), t(arrays["test_y"], torch.int64))
     raise SpecError(f"--data: unknown data set {name!r}; valid data sets are {', '.join(DATASETS)}")
