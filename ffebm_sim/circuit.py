@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from .devices import NOMINAL_TEMPERATURE_C, DiodeModel, PwlTable, saturation_current_at, thermal_voltage_v
-from .errors import SpecError
+from .errors import SpecError, plain
 
 NONLINEARITY_KINDS = ("double", "single", "ideal", "pwl")
 NUDGE_MODES = ("current", "resistive")
@@ -178,15 +178,15 @@ def _readonly(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
     bad = ~np.isfinite(a)
     if bad.any():
         idx = tuple(int(k) for k in np.argwhere(bad)[0])
-        raise SpecError(f"{name}: {a[idx]} at {list(idx)} is not finite; conductances in siemens, >= 0")
+        raise SpecError(f"{name}: {plain(a[idx])} at {list(idx)} is not finite; conductances in siemens, >= 0")
     tiny = (a > 0) & (a < MIN_CONDUCTANCE_S)
     if tiny.any():
         idx = tuple(int(k) for k in np.argwhere(tiny)[0])
-        raise SpecError(f"{name}: {a[idx]!r} at {list(idx)} is below {MIN_CONDUCTANCE_S:g} S (its resistance overflows); "
+        raise SpecError(f"{name}: {plain(a[idx])} at {list(idx)} is below {MIN_CONDUCTANCE_S:g} S (its resistance overflows); "
                         "conductances in siemens, 0 (open) or >= 1e-30")
     if (a < 0).any():
         idx = tuple(int(k) for k in np.argwhere(a < 0)[0])
-        raise SpecError(f"{name}: negative value {a[idx]!r} at {list(idx)}; conductances in siemens, >= 0")
+        raise SpecError(f"{name}: negative value {plain(a[idx])} at {list(idx)}; conductances in siemens, >= 0")
     a.setflags(write=False)
     return a
 

@@ -21,6 +21,7 @@ from .errors import SpecError
 from .io import atomic_write_text, read_inputs
 from .netlist import emit_deck
 from .model import resolve_block
+from .validate import check_solver_memory
 
 
 class _Exit(Exception):
@@ -57,6 +58,7 @@ def cli():
 def netlist(spec, inputs_file, seed, reduced, output, block, checkpoint):
     """Write a standalone SPICE deck of the block in SPEC (runs with `ngspice -b`)."""
     circuit = resolve_block(spec, block, checkpoint)
+    check_solver_memory(circuit, 0, "spec", spec, backends=(), deck=True)
     if inputs_file and seed is not None:
         raise SpecError("--inputs and --seed: give one of them, not both")
     u = None
@@ -92,6 +94,8 @@ def solve(spec, backend, inputs_file, seed, reduced, as_json, block, checkpoint)
     solver = get_backend(backend, **options)
     u = read_inputs(inputs_file, circuit.n_inputs) if inputs_file else \
         np.random.default_rng(seed).uniform(-1.0, 1.0, (1, circuit.n_inputs))
+    check_solver_memory(circuit, u.shape[0], "--inputs" if inputs_file else "spec", inputs_file or spec,
+                        backends=(backend,))
     eq = solver.solve(circuit, torch.from_numpy(u))
     names = free_node_names(circuit)
     if as_json:
@@ -118,7 +122,9 @@ def solve(spec, backend, inputs_file, seed, reduced, as_json, block, checkpoint)
 def verify(spec, samples, nudge, seed, as_json, block, checkpoint):
     """Solve random inputs with every backend and deck form; exit 0 iff they agree within 1e-9 V."""
     from .verify import verify_block
-    report = verify_block(resolve_block(spec, block, checkpoint), samples=samples, nudge=nudge, seed=seed)
+    circuit = resolve_block(spec, block, checkpoint)
+    check_solver_memory(circuit, samples, "--samples", samples, backends=("reference", "ngspice"))
+    report = verify_block(circuit, samples=samples, nudge=nudge, seed=seed)
     if as_json:
         click.echo(_json(report))
     else:

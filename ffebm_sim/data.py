@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from .errors import SpecError
 
 DATASETS = ("digits", "mnist-5k", "mnist")
+N_CLASSES = 10
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
@@ -42,6 +44,15 @@ class Dataset:
     def n_features(self) -> int:
         return self.x_train.shape[1]
 
+    @property
+    def n_classes(self) -> int:
+        """Every data set here has the ten digit classes 0..9 (the loaders check the labels)."""
+        return N_CLASSES
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, test_size) -> Dataset:
     from sklearn.model_selection import train_test_split
@@ -51,7 +62,18 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, test_size) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """One of :data:`DATASETS`; an unknown name or missing files is a one-line SpecError."""
+    """One of :data:`DATASETS`; an unknown name, missing or malformed files are a one-line SpecError.
+
+    The IDX files of ``mnist`` are checked before they are used: images 3-D
+    (count x rows x columns), labels 1-D with values 0..9, as many labels as
+    images, no empty set, the same image size in both sets; a damaged gzip
+    stream names its file.
+    """
+    if name not in DATASETS:
+        raise SpecError(f"--data: unknown data set {name!r}; valid data sets are {', '.join(DATASETS)}")
+    if data_dir is not None and name != "mnist":
+        raise SpecError(f"--data-dir: {str(data_dir)!r} is only read for --data mnist (the full MNIST IDX files); "
+                        f"{name} is bundled: drop --data-dir or use --data mnist")
     if name == "digits":
         from sklearn.datasets import load_digits
         x, y = load_digits(return_X_y=True)
@@ -64,15 +86,41 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
         if data_dir is None:
             raise SpecError("--data-dir: the full MNIST needs a directory with the four IDX files "
                             f"({', '.join(IDX_FILES.values())}, optionally .gz)")
-        arrays = {k: read_idx(_find_idx(Path(data_dir), f)) for k, f in IDX_FILES.items()}
+        paths = {k: _find_idx(Path(data_dir), f) for k, f in IDX_FILES.items()}
+        arrays = {k: read_idx(p) for k, p in paths.items()}
+        _check_mnist(arrays, paths)
         xtr, xte = (arrays[k].reshape(len(arrays[k]), -1) / 255.0 for k in ("train_x", "test_x"))
-        for xs, ys, part in ((xtr, arrays["train_y"], "train"), (xte, arrays["test_y"], "t10k")):
-            if len(xs) != len(ys):
-                raise SpecError(f"--data-dir: {part} images ({len(xs)}) and labels ({len(ys)}) differ in count")
-        t = lambda a, d: torch.from_numpy(np.ascontiguousarray(a)).to(d)  # noqa: E731
+        t = lambda a, d: torch.from_numpy(np.array(a)).to(d)  # noqa: E731  (a copy: IDX arrays are read-only views)
         return Dataset(name, t(xtr, torch.float64), t(arrays["train_y"], torch.int64),
                        t(xte, torch.float64), t(arrays["test_y"], torch.int64))
     raise SpecError(f"--data: unknown data set {name!r}; valid data sets are {', '.join(DATASETS)}")
+
+
+def _check_mnist(arrays: dict[str, np.ndarray], paths: dict[str, Path]) -> None:
+    """Shapes, counts and label values of the four IDX arrays (one line naming the file)."""
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        px, py = paths[f"{part}_x"], paths[f"{part}_y"]
+        if x.ndim != 3:
+            swapped = " (is it a labels file? the image and label files may be swapped)" if x.ndim == 1 else ""
+            raise SpecError(f"--data-dir: {px}: an images file holds a 3-D IDX array (count, rows, columns), "
+                            f"this one has shape {x.shape}{swapped}")
+        if y.ndim != 1:
+            swapped = " (is it an images file? the image and label files may be swapped)" if y.ndim == 3 else ""
+            raise SpecError(f"--data-dir: {py}: a labels file holds a 1-D IDX array (one label per image), "
+                            f"this one has shape {y.shape}{swapped}")
+        if len(x) == 0:
+            raise SpecError(f"--data-dir: {px}: holds no images; each set needs at least one sample")
+        if len(x) != len(y):
+            raise SpecError(f"--data-dir: {px} holds {len(x)} images, {py} {len(y)} labels; "
+                            "each image needs one label")
+        if int(y.max()) >= N_CLASSES:
+            at = int(np.argmax(y >= N_CLASSES))
+            raise SpecError(f"--data-dir: {py}: label {int(y[at])} at index {at}; labels are the digit classes "
+                            f"0..{N_CLASSES - 1}")
+    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+        raise SpecError(f"--data-dir: {paths['test_x']}: images of {arrays['test_x'].shape[1:]} pixels, "
+                        f"{paths['train_x']} has {arrays['train_x'].shape[1:]}; both sets need the same image size")
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -90,18 +138,20 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise SpecError(f"{path}: cannot read ({e.__class__.__name__}); a (gzipped) IDX file") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        what = "damaged gzip data" if isinstance(e, (EOFError, gzip.BadGzipFile, zlib.error)) else "cannot read"
+        raise SpecError(f"--data-dir: {path}: {what} ({e.__class__.__name__}: {' '.join(str(e).split())[:80]}); "
+                        "a (gzipped) IDX file") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise SpecError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+        raise SpecError(f"--data-dir: {path}: not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim < 1 or len(raw) < header:
-        raise SpecError(f"{path}: truncated IDX header")
+        raise SpecError(f"--data-dir: {path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     count = int(np.prod(shape))
     if count > 200_000_000:
-        raise SpecError(f"{path}: IDX shape {shape} is implausibly large")
+        raise SpecError(f"--data-dir: {path}: IDX shape {shape} is implausibly large")
     if len(raw) - header != count:
-        raise SpecError(f"{path}: IDX data holds {len(raw) - header} bytes, its header promises {count} (truncated?)")
+        raise SpecError(f"--data-dir: {path}: IDX data holds {len(raw) - header} bytes, its header promises {count} (truncated?)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .data import load_dataset
+from .errors import SpecError
 from .model import build_model
 
 #: The "Done when" thresholds of a passing gradient check.
@@ -19,11 +20,30 @@ MIN_COSINE = 0.9999
 MAX_REL_ERROR = 0.01
 
 
-def _batch(model, data: str | None, batch: int, seed: int):
-    name = data or ("mnist-5k" if model.input_size == 784 else "digits")
+def prepare(spec, backend: str = "reference", beta_v: float | None = None, batch: int = 32, seed: int = 0,
+            data: str | None = None, checkpoint=None):
+    """The whole configuration of a gradient check, validated before any solve
+    (see :mod:`ffebm_sim.validate`): the spec, ``--beta`` inside every block's linear
+    regime, the checkpoint's fit, the data set's fit to the model, ``--batch`` against
+    the training set and the memory its dense Jacobians take.
+
+    Returns ``(probe model, checkpoint state or None, x, y, data set name)``."""
+    from .validate import apply_checkpoint, check_beta, check_model_data, check_model_memory
+    probe = build_model(spec, backend="reference", seed=seed)
+    state = None if checkpoint is None else apply_checkpoint(probe, checkpoint, str(spec))["model"]
+    if beta_v is not None:
+        for block in probe.energy_blocks:
+            check_beta(beta_v, block.template, "--beta", hint=f"the spec gives {block.beta_v!r} V")
+    name = data or ("mnist-5k" if probe.input_size == 784 else "digits")
     ds = load_dataset(name)
-    idx = torch.from_numpy(np.random.default_rng(seed).choice(len(ds.x_train), batch, replace=False))
-    return ds.x_train[idx], ds.y_train[idx], name
+    check_model_data(probe, ds, str(spec))
+    n = len(ds.x_train)
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= n:
+        raise SpecError(f"--batch: {batch!r}; one batch of distinct training samples, an integer in 1..{n} "
+                        f"({name} has {n} training samples)")
+    check_model_memory(probe, 2 * batch, "--batch", batch, backend, "ep")     # centered EP: 2 x batch rows
+    idx = torch.from_numpy(np.random.default_rng(seed).choice(n, batch, replace=False))
+    return probe, state, ds.x_train[idx], ds.y_train[idx], name
 
 
 def model_gradients(spec, backend: str, gradient: str, x, y, beta_v=None, centered=None, seed=0, checkpoint=None):
@@ -50,19 +70,10 @@ def compare(estimate: dict, exact: dict) -> list[dict]:
     return rows
 
 
-def _state(checkpoint):
-    if checkpoint is None:
-        return None
-    from .checkpoint import load_checkpoint_file
-    return load_checkpoint_file(checkpoint)["model"]
-
-
 def gradcheck(spec, backend: str = "reference", beta_v: float | None = None, batch: int = 32, seed: int = 0,
               data: str | None = None, centered: bool = True, checkpoint=None) -> dict:
     """Per-tensor comparison; ``checkpoint`` checks at trained parameters (where the clamps conduct)."""
-    state = _state(checkpoint)
-    probe = build_model(spec, backend="reference", seed=seed)
-    x, y, data_name = _batch(probe, data, batch, seed)
+    _, state, x, y, data_name = prepare(spec, backend, beta_v, batch, seed, data, checkpoint)
     exact, loss, ref_model = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
     estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed,
                                          checkpoint=state)
@@ -100,9 +111,7 @@ def _active_fractions(model, x) -> list[float]:
 def beta_sweep(spec, backend: str, betas, batch: int = 32, seed: int = 0, data: str | None = None,
                checkpoint=None) -> dict:
     """min cosine and max relative error against beta, centered and one-sided."""
-    state = _state(checkpoint)
-    probe = build_model(spec, backend="reference", seed=seed)
-    x, y, _ = _batch(probe, data, batch, seed)
+    _, state, x, y, _ = prepare(spec, backend, None, batch, seed, data, checkpoint)
     exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
     out = {"betas_v": list(map(float, betas))}
     for mode, centered in (("centered", True), ("one_sided", False)):

@@ -30,7 +30,14 @@ def read_inputs(path: str | Path, n_inputs: int) -> np.ndarray:
                              and not line.lstrip().startswith("#")], dtype=np.float64)
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
         raise SpecError(f"--inputs: {path}: cannot parse ({e.__class__.__name__}); give {INPUT_FORMATS}") from None
-    data = np.asarray(data, dtype=np.float64)
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        what = {"c": "complex numbers (an imaginary part would be dropped)", "U": "strings", "S": "byte strings",
+                "O": "Python objects", "V": "structured records", "M": "dates", "m": "time deltas"}.get(
+            data.dtype.kind, f"values of type {data.dtype}")
+        raise SpecError(f"--inputs: {path}: holds {what} (dtype {data.dtype}); input vectors are real numbers "
+                        f"(unitless, the sources get +-input_gain*u); give {INPUT_FORMATS}")
+    data = data.astype(np.float64)
     if data.ndim == 1:
         data = data[None, :]
     if data.ndim != 2 or data.shape[1] != n_inputs or data.shape[0] == 0:

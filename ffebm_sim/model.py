@@ -41,8 +41,10 @@ from torch import nn
 
 from .backends import Backend, get_backend
 from .blocks import EnergyBlock, Quantizer, resistive_mse
-from .errors import SpecError
+from .ep import DEFAULT_BETA_V
+from .errors import SpecError, plain
 from .spec import _check_keys, _number, block_from_dict, load_block, read_toml
+from .validate import check_beta
 
 MODEL_KEYS = {"name", "input_size", "loss", "blocks", "training"}
 LOSS_KEYS = {"kind", "logit_scale", "targets", "nudge"}
@@ -53,7 +55,7 @@ DIGITAL_KEYS = {"type", "args"}
 LOSSES = ("cross_entropy", "mse")
 
 
-def _torch_module(where: str, entry: dict) -> nn.Module:
+def _torch_module(where: str, entry: dict, device: str | None = None) -> nn.Module:
     entry = _check_keys(where, entry, DIGITAL_KEYS)
     name = entry["type"]
     cls = getattr(nn, name, None)
@@ -64,8 +66,11 @@ def _torch_module(where: str, entry: dict) -> nn.Module:
     if not isinstance(args, (list, dict)):
         raise SpecError(f"{where}.args: {args!r}; a table of keyword arguments or a list of positional ones")
     try:
+        if device is not None:             # sizing only: parameters without storage
+            with torch.device(device):
+                return cls(*args) if isinstance(args, list) else cls(**args)
         return cls(*args) if isinstance(args, list) else cls(**args)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise SpecError(f"{where} ({name}): bad arguments {args!r}: {' '.join(str(e).split())}") from None
 
 
@@ -139,7 +144,7 @@ class FFEBM(nn.Module):
 
 def build_model(spec: str | Path | dict, backend: str | Backend = "reference", gradient: str = "ep",
                 beta_v: float | None = None, centered: bool | None = None, seed: int = 0,
-                base_dir: str | Path | None = None) -> FFEBM:
+                base_dir: str | Path | None = None, default_name: str = "ffebm") -> FFEBM:
     """Build an :class:`FFEBM` from a model spec path or parsed dict.
 
     ``seed`` seeds the digital blocks' initialisation (torch); energy blocks
@@ -150,9 +155,15 @@ def build_model(spec: str | Path | dict, backend: str | Backend = "reference", g
         base_dir = path.parent if base_dir is None else base_dir
         default_name = path.stem
         spec = read_toml(path)
+        source = str(path)
     else:
-        default_name = "ffebm"
+        source = "model spec"
     base_dir = Path(base_dir or ".")
+    if isinstance(spec, dict) and "blocks" not in spec and "layers" in spec:
+        raise SpecError(f"{source}: is a block spec (layers, "
+                        "conductances, ...); this command needs a model spec: name, input_size, [loss], and "
+                        "[[blocks]] entries of torch.nn modules and type = \"energy\" blocks whose [blocks.circuit] "
+                        "is a block spec (see circuits/digits_ffebm.toml)")
     spec = _check_keys("model", spec, MODEL_KEYS)
     blocks = spec.get("blocks")
     if not isinstance(blocks, list) or not blocks:
@@ -164,6 +175,7 @@ def build_model(spec: str | Path | dict, backend: str | Backend = "reference", g
         raise SpecError(f"loss.nudge: {loss.get('nudge')!r}; valid values are current, resistive")
     if loss.get("nudge") == "resistive" and loss.get("kind") != "mse":
         raise SpecError("loss.nudge: the resistive nudge is the MSE cost; set loss.kind = \"mse\" or nudge = \"current\"")
+    _check_model_memory(blocks, base_dir)
     backend_obj = get_backend(backend) if isinstance(backend, str) else backend
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -183,14 +195,16 @@ def build_model(spec: str | Path | dict, backend: str | Backend = "reference", g
             raise SpecError(f"{where}: an energy block needs a [blocks.circuit] table or spec = \"block.toml\"")
         if "dac" in entry:
             layers.append(_converter(f"{where}.dac", entry["dac"], "dac"))
-        g_max = entry.get("g_max")
+        g_min, g_max = _conductance_range(where, entry)
+        spec_beta = _number(f"{where}.beta", entry.get("beta", DEFAULT_BETA_V), "volts, > 0")
+        check_beta(spec_beta, circuit, f"{where}.beta", hint=f"the default is {DEFAULT_BETA_V!r} V")
         layers.append(EnergyBlock(
             circuit, backend_obj, gradient,
-            beta_v=_number(f"{where}.beta", entry.get("beta", 1e-3), "volts, > 0") if beta_v is None else beta_v,
+            beta_v=spec_beta if beta_v is None else beta_v,
             centered=bool(entry.get("centered", True)) if centered is None else centered,
-            g_min_s=_number(f"{where}.g_min", entry.get("g_min", 0.0), "siemens, >= 0"),
-            g_max_s=None if g_max is None else _number(f"{where}.g_max", g_max, "siemens"),
+            g_min_s=g_min, g_max_s=g_max,
             output_gain=_number(f"{where}.output_gain", entry.get("output_gain", 1.0), "units per volt")))
+        layers[-1].spec_key = where          # messages name the block as the spec does
         if "adc" in entry:
             layers.append(_converter(f"{where}.adc", entry["adc"], "adc"))
     input_size = spec.get("input_size")
@@ -204,6 +218,60 @@ def build_model(spec: str | Path | dict, backend: str | Backend = "reference", g
         except (RuntimeError, ValueError) as e:
             raise SpecError(f"blocks: sizes do not chain from input_size={input_size}: {' '.join(str(e).split())[:200]}") from None
     return model
+
+
+def _conductance_range(where: str, entry: dict) -> tuple[float, float | None]:
+    """``g_min``/``g_max`` of an energy block entry: 0 <= g_min < g_max (siemens)."""
+    g_min = _number(f"{where}.g_min", entry.get("g_min", 0.0), "siemens, >= 0")
+    if g_min < 0:
+        raise SpecError(f"{where}.g_min: {plain(g_min)} is negative; siemens, 0 <= g_min < g_max")
+    g_max = entry.get("g_max")
+    if g_max is None:
+        return g_min, None
+    g_max = _number(f"{where}.g_max", g_max, "siemens, > g_min")
+    if g_max <= g_min:
+        raise SpecError(f"{where}.g_min: {plain(g_min)} is not below {where}.g_max = {plain(g_max)}; the "
+                        "projection range [g_min, g_max] in siemens needs 0 <= g_min < g_max")
+    return g_min, g_max
+
+
+def _check_model_memory(blocks: list, base_dir: Path) -> None:
+    """Size every block before building any: digital modules on torch's meta device, energy blocks
+    by their layer sizes. Entries too malformed to size are left to the build's own messages."""
+    from .validate import CONDUCTANCE_COPIES, FLOAT, check_memory, conductance_count
+    parts = []
+    for k, entry in enumerate(blocks):
+        if not isinstance(entry, dict) or "type" not in entry:
+            continue
+        where = f"blocks[{k}]"
+        if entry["type"] != "energy":
+            try:
+                module = _torch_module(where, entry, device="meta")
+            except SpecError:
+                continue                 # the real build reports it (or the module cannot be sized on meta)
+            n = sum(t.numel() for t in list(module.parameters()) + list(module.buffers()))
+            # built in float32, then converted to float64: both alive for a moment
+            parts.append((f"{where}.args", entry.get("args"), f"{where} ({entry['type']})", 12.0 * n))
+            continue
+        if isinstance(entry.get("circuit"), dict):
+            circuit, key = entry["circuit"], f"{where}.circuit.layers"
+        elif isinstance(entry.get("spec"), str):
+            try:
+                circuit, key = read_toml(base_dir / entry["spec"]), f"{where}.spec ({entry['spec']}): layers"
+            except SpecError:
+                continue
+        else:
+            continue
+        sizes = circuit.get("layers") if isinstance(circuit, dict) else None
+        if not (isinstance(sizes, list) and len(sizes) >= 2 and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)):
+            continue
+        parts.append((key, sizes, f"{where} (energy)",
+                      float(conductance_count(sizes, "bias" in circuit)) * FLOAT * CONDUCTANCE_COPIES))
+    if parts:
+        key, value, _, _ = max(parts, key=lambda p: p[3])
+        check_memory([(label, size) for _, _, label, size in parts], key, value,
+                     "use smaller blocks (the model's parameters alone do not fit)")
 
 
 def _shape_probe(model: FFEBM, input_size: int) -> None:
@@ -224,15 +292,11 @@ def is_model_spec(spec: dict) -> bool:
 
 
 def load_model_checkpoint(spec: str | Path, checkpoint: str | Path, **build) -> FFEBM:
-    """A model built from its spec with the parameters of a training checkpoint."""
-    from .checkpoint import load_checkpoint_file
-    state = load_checkpoint_file(checkpoint)
+    """A model built from its spec with the parameters of a training checkpoint
+    (checked by :func:`ffebm_sim.validate.apply_checkpoint`, as every command's are)."""
+    from .validate import apply_checkpoint
     model = build_model(spec, **build)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise SpecError(f"--checkpoint: {checkpoint} does not fit model {spec} "
-                        f"({' '.join(str(e).split())[:160]})") from None
+    apply_checkpoint(model, checkpoint, str(spec))
     return model
 
 
@@ -244,7 +308,10 @@ def resolve_block(spec: str | Path, block: int | None = None, checkpoint: str | 
         if block is not None or checkpoint is not None:
             raise SpecError(f"--block/--checkpoint: {spec} is a block spec; they apply to model specs")
         return load_block(spec)
-    model = load_model_checkpoint(spec, checkpoint) if checkpoint else build_model(parsed, base_dir=Path(spec).parent)
+    model = build_model(parsed, base_dir=Path(spec).parent)
+    if checkpoint:
+        from .validate import apply_checkpoint
+        apply_checkpoint(model, checkpoint, str(spec))
     blocks = model.energy_blocks
     if block is None or not 1 <= block <= len(blocks):
         raise SpecError(f"--block: {spec} is a model spec with {len(blocks)} energy blocks; "

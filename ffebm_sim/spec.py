@@ -49,6 +49,7 @@ import numpy as np
 from .circuit import NONLINEARITY_KINDS, BlockCircuit, Mismatch, Nonlinearity
 from .devices import DiodeModel, PwlTable
 from .errors import SpecError
+from .validate import check_memory, conductance_parts
 
 BLOCK_KEYS = {"name", "layers", "input_gain", "output", "nudge", "gmin", "nonlinearity", "conductances", "bias",
               "wire_resistance", "temperature", "mismatch"}
@@ -182,6 +183,9 @@ def block_from_dict(spec: dict, base_dir: str | Path = ".", default_name: str = 
         raise SpecError(f"output: {out!r}; valid values are {', '.join(OUTPUT_CHOICES)} or a nonlinearity table")
 
     shapes = [(2 * layers[0], layers[1])] + [(layers[k - 1], layers[k]) for k in range(2, depth + 1)]
+    # Before anything of that size exists: the matrices alone may not fit in memory.
+    check_memory(conductance_parts(layers, "bias" in spec), "layers", layers,
+                 "use smaller layers (a digital front block reduces a block's inputs)")
     ctable = _check_keys("conductances", spec.get("conductances", {}), CONDUCTANCE_KEYS)
     bias_pos = bias_neg = None
     arrays = None

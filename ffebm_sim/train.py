@@ -51,7 +51,7 @@ import torch
 from .blocks import EnergyBlock
 from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
 from .data import DATASETS, load_dataset
-from .errors import SpecError
+from .errors import SpecError, plain
 from .failures import ON_FAILURE, FailurePolicy
 from .model import FFEBM, build_model
 from .spec import read_toml
@@ -74,6 +74,13 @@ DEVICE_LR_ANALOG = {("ideal", "sgd"): 0.03, ("reram", "sgd"): 0.03, ("reram", "m
 def default_lr_analog(device: str, update: str) -> float:
     """The device rule's lr when none is given: the tuned value, else the rule's reram value."""
     return DEVICE_LR_ANALOG.get((device, update), DEVICE_LR_ANALOG[("reram", update)])
+
+#: How each field is given on the command line (messages name the flag the user typed).
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "lr_analog": "--lr-analog",
+         "on_failure": "--on-failure", "data": "--data", "gradient": "--gradient", "beta_v": "--beta"}
+
+#: Samples per free-phase solve when evaluating (see :func:`evaluate`).
+EVAL_BATCH = 256
 
 PULSE_KEYS = ("pulses", "pulses_up", "pulses_down", "fast_pulses", "capped", "reads", "transfers")
 
@@ -101,8 +108,11 @@ class TrainConfig:
     update_options: dict = field(default_factory=dict)   # rule options, e.g. {"coupling": 0.02}
     on_failure: str = "stop"           # a sample no solver retry converges: stop the run or skip it
 
-    def validate(self) -> "TrainConfig":
-        """Check every field; returns the config with ``update`` and ``lr_analog`` resolved."""
+    def validate(self, labels: dict[str, str] | None = None) -> "TrainConfig":
+        """Check every field; returns the config with ``update`` and ``lr_analog`` resolved.
+
+        ``labels`` names fields as the user wrote them when not as a flag (e.g.
+        ``{"epochs": "training.epochs"}`` for a value from the spec's [training] table)."""
         from .hardware import PRESETS, RULES
         if self.device is None:
             if self.update is not None or self.update_options:
@@ -119,9 +129,11 @@ class TrainConfig:
                 raise SpecError(f"update_options: {self.update_options!r}; a table of rule options")
             resolved = replace(self, update=update, lr_analog=self.lr_analog if self.lr_analog is not None
                                else default_lr_analog(self.device, update))
-        return resolved._validate()
+        return resolved._validate(labels or {})
 
-    def _validate(self) -> "TrainConfig":
+    def _validate(self, labels: dict[str, str]) -> "TrainConfig":
+        def label(name: str) -> str:
+            return labels.get(name, FLAGS.get(name, name))
         if self.data not in DATASETS:
             raise SpecError(f"--data: unknown data set {self.data!r}; valid data sets are {', '.join(DATASETS)}")
         if self.gradient not in ("ep", "implicit"):
@@ -129,15 +141,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v > 1_000_000:
-                raise SpecError(f"--{name.replace('_', '-')}: {v!r}; an integer >= 1")
+                raise SpecError(f"{label(name)}: {plain(v)}; an integer in 1..1000000")
         if self.on_failure not in ON_FAILURE:
-            raise SpecError(f"on_failure: {self.on_failure!r}; valid values are {', '.join(ON_FAILURE)}")
+            raise SpecError(f"{label('on_failure')}: {plain(self.on_failure)}; valid values are {', '.join(ON_FAILURE)}")
         if self.schedule not in SCHEDULES:
-            raise SpecError(f"schedule: {self.schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
+            raise SpecError(f"{label('schedule')}: {plain(self.schedule)}; valid schedules are {', '.join(SCHEDULES)}")
         for name in ("lr", "lr_analog"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-                raise SpecError(f"--{name.replace('_', '-')}: {v!r}; a finite number > 0")
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise SpecError(f"{label(name)}: {plain(v)}; a finite number > 0")
         return self
 
 
@@ -153,7 +165,8 @@ def config_with_spec_defaults(config: TrainConfig, given: set[str]) -> TrainConf
     unknown = sorted(set(table) - TRAINING_KEYS)
     if unknown:
         raise SpecError(f"training: unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(TRAINING_KEYS))}")
-    return replace(config, **{k: v for k, v in table.items() if k not in given}).validate()
+    taken = {k: v for k, v in table.items() if k not in given}
+    return replace(config, **taken).validate(labels={k: f"training.{k}" for k in taken})
 
 
 def _optimizer(model: FFEBM, config: TrainConfig) -> torch.optim.Optimizer | None:
@@ -197,7 +210,7 @@ def make_update_rules(model: FFEBM, config: TrainConfig) -> list | None:
 
 
 @torch.no_grad()
-def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = 256,
+def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = EVAL_BATCH,
              failures: FailurePolicy | None = None, where: str = "eval") -> tuple[float, float]:
     """(mean loss, accuracy) of the free phase over a data set (in eval mode: no dropout).
     With ``failures`` skipping, a sample that does not converge counts as misclassified
@@ -312,6 +325,7 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     if resume:
         _, config = prepare_run_dir(config, True, epochs_given, on_failure_given)
     data = load_dataset(config.data, config.data_dir)
+    check_training(config, data)         # before the backend starts workers or anything is written
     backend = _backend(config)
     try:
         return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given)
@@ -320,11 +334,25 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
             backend.close()          # stops worker processes, if any
 
 
+def check_training(config: TrainConfig, data) -> None:
+    """The model spec against the options and the data, before the run starts (see
+    :mod:`ffebm_sim.validate`): input size and classes, ``--beta`` inside each block's
+    linear regime, and the memory of the dense solver structures at the batch sizes."""
+    from .validate import check_beta, check_model_data, check_model_memory
+    probe = build_model(config.model, backend="reference", gradient=config.gradient, seed=config.seed)
+    check_model_data(probe, data, config.model)
+    if config.beta_v is not None:
+        for block in probe.energy_blocks:
+            check_beta(config.beta_v, block.template, "--beta", hint=f"the spec gives {block.beta_v!r} V")
+    # Training solves a batch (EP: its +beta and -beta phases together), evaluation EVAL_BATCH rows.
+    rows = max(config.batch_size * (2 if config.gradient == "ep" else 1), min(EVAL_BATCH, len(data.x_test)))
+    check_model_memory(probe, rows, FLAGS["batch_size"], config.batch_size, config.backend, config.gradient,
+                       data_bytes=data.nbytes)
+
+
 def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given):
     model = build_model(config.model, backend=backend, gradient=config.gradient,
                         beta_v=config.beta_v, seed=config.seed)
-    if model.input_size is not None and model.input_size != data.n_features:
-        raise SpecError(f"--data: {config.data} has {data.n_features} features, model '{model.name}' takes {model.input_size}")
     rules = make_update_rules(model, config)       # before the run directory: bad options leave no files
     run, config = prepare_run_dir(config, resume, epochs_given, on_failure_given)
     failures = FailurePolicy(run, config.on_failure)
@@ -339,6 +367,8 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, o
         latest = load_latest(run / "checkpoints")
         if latest is not None:
             start, state = latest
+            from .validate import check_state
+            check_state(model, state["model"], f"{run / 'checkpoints'} (epoch {start})", config.model)
             model.load_state_dict(state["model"])
             if optimizer is not None:
                 optimizer.load_state_dict(state["optimizer"])

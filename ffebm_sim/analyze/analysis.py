@@ -40,13 +40,13 @@ import torch
 
 from ..backends.reference import ReferenceBackend
 from ..blocks import EnergyBlock, Quantizer
-from ..checkpoint import load_checkpoint_file
 from ..circuit import clamp_diode_voltage, clamp_node_current, node_name
 from ..data import load_dataset
 from ..devices import DiodeModel, diode_current, pwl_current_and_conductance
 from ..ep import current_nudge_amplitudes, resistive_nudge_conductance_s
 from ..errors import SpecError
 from ..model import FFEBM, build_model
+from ..validate import apply_checkpoint, check_model_data, check_model_memory
 from ..netlist import emit_deck
 from ..spec import read_toml
 from . import figures
@@ -107,13 +107,8 @@ def load_for_analysis(model_path: str | Path, checkpoint: str | Path, options: A
                 entry["circuit"].setdefault("name", f"{model_path.stem}_e{k}")   # as `ffebm train` names it
         entries.append(entry)
     spec["blocks"] = entries
-    state = load_checkpoint_file(checkpoint)
     model = build_model(spec, backend="reference", base_dir=model_path.parent)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise SpecError(f"--checkpoint: {checkpoint} does not fit model {model_path} "
-                        f"({' '.join(str(e).split())[:160]})") from None
+    apply_checkpoint(model, checkpoint, str(model_path))      # names, shapes, conductances in range
     model.eval()
     layers = list(model.layers)
     energy_entries = [e for e in entries if isinstance(e, dict) and e.get("type") == "energy"]
@@ -511,9 +506,10 @@ def analyze_model(model_path, checkpoint, options: AnalyzeOptions, log=lambda m:
     if data_name not in DATA_CHOICES:
         raise SpecError(f"--data: {data_name!r}; valid data sets are {', '.join(DATA_CHOICES)}")
     data = load_dataset(data_name)
-    if model.input_size is not None and model.input_size != data.n_features:
-        raise SpecError(f"--data: {data_name} has {data.n_features} features, model '{model.name}' takes {model.input_size}")
+    check_model_data(model, data, str(model_path))
     n = min(options.samples, len(data.x_test))
+    # block_signals solves every block for all n samples at once (reference solver)
+    check_model_memory(model, n, "--samples", options.samples, "reference", "implicit")
     idx = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(options.seed))[:n]
     x, y = data.x_test[idx], data.y_test[idx]
     signals = block_signals(model, x, y)
