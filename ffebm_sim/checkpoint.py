@@ -34,10 +34,10 @@ _atomic_write_bytes = atomic_write_bytes
 
 def plain(obj, where: str = "state"):
     """``obj`` as tensors and plain data only (numpy scalars become Python numbers)."""
+    if isinstance(obj, np.generic):          # before float: np.float64 is a float subclass
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
     if isinstance(obj, (dict, OrderedDict)):

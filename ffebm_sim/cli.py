@@ -251,13 +251,22 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
                          **{k: v for k, v in chosen if v is not None})
     if not resume:
         config = config_with_spec_defaults(config, given)
+    # On resume, the flags given on this command line are compared with the stored run.
+    ctx = click.get_current_context()
+    flags_given = {p for p in ctx.params
+                   if ctx.get_parameter_source(p) not in (click.core.ParameterSource.DEFAULT, None)}
+    fields_given = {TRAIN_FIELDS.get(p, p) for p in flags_given} & set(TrainConfig.__dataclass_fields__)
     summary = run_training(config, resume=resume, epochs_given=epochs is not None,
-                           on_failure_given=on_failure is not None)
+                           on_failure_given=on_failure is not None, given=fields_given)
     click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
                f"({summary['seconds']:.0f} s); learning curves: {summary['learning_curves']}", err=as_json)
     if as_json:
         click.echo(_json(summary))
 
+
+#: train's click parameters that are spelled differently in TrainConfig.
+TRAIN_FIELDS = {"beta": "beta_v", "workers": "backend_options", "scheduler": "backend_options",
+                "update_options": "update_options"}
 
 from .bench import bench  # noqa: E402  (a click group defined in its own module)
 
