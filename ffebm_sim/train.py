@@ -346,13 +346,18 @@ def resume_config(config: TrainConfig, given: set[str] | None = None, epochs_giv
 
 def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True,
                     on_failure_given: bool = False) -> tuple[Path, TrainConfig]:
-    """Check RUN_DIR under the output policy (nothing is created); on resume, the stored configuration."""
+    """Create RUN_DIR under the output policy and write config.json, or reopen it (``resume``).
+
+    On resume the stored configuration decides everything but the epochs and
+    ``on_failure`` (the spec's content must be the run's); :func:`train` also compares
+    the options the user gave.
+    """
     run = Path(config.out)
     if resume:
-        config = resume_config(config, None, epochs_given, on_failure_given)
-        check_not_locked(run)
-        return run, config
+        return run, resume_config(config, set(), epochs_given, on_failure_given)
     check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
+    lock, _, config = _open_run_dir(run, config, False)
+    lock.release()
     return run, config
 
 
@@ -416,7 +421,7 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
             raise SpecError(f"--epochs: {config.epochs}; the run in {run} has finished {latest[0]} epochs; "
                             "give more to extend it, or leave --epochs out")
     else:
-        prepare_run_dir(config, False)
+        check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
     data = load_dataset(config.data, config.data_dir)
     backend = _backend(config)
     try:

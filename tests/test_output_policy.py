@@ -247,7 +247,7 @@ def test_a_second_training_on_the_same_out_fails_at_once(tmp_path, tiny):
         assert first.poll() is None, "the first run ended before the second started"
         for extra in (["--resume"], []):
             t0 = time.monotonic()
-            r = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300)
+            r = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=120)
             assert r.returncode == 2, r.stderr
             lines = r.stderr.strip().splitlines()
             assert len(lines) == 1 and str(run) in lines[0], r.stderr
