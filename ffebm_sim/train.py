@@ -374,6 +374,8 @@ def _open_run_dir(run: Path, config: TrainConfig, resume: bool) -> tuple[DirLock
             raise user_error(e, run) from None
         write_marker(run, "train")
         config = replace(config, model_sha256=_sha256(config.model))
+    elif not (run / MARKER).is_file():
+        write_marker(run, "train")       # a run started before markers existed (it has config.json)
     lock = DirLock(run).acquire()
     try:
         _atomic_write_bytes(run / "config.json", json.dumps(asdict(config), indent=1).encode())
