@@ -407,11 +407,28 @@ def markdown(report: dict) -> str:
 
 
 def write_results(report: dict, directory: Path) -> tuple[Path, Path]:
+    from .outputs import atomic_write_bytes
     directory.mkdir(parents=True, exist_ok=True)
     j, md = directory / "solvers.json", directory / "solvers.md"
-    j.write_text(json.dumps(report, indent=1) + "\n")
-    md.write_text(markdown(report))
+    atomic_write_bytes(j, (json.dumps(report, indent=1) + "\n").encode(), fsync=False)
+    atomic_write_bytes(md, markdown(report).encode(), fsync=False)
     return j, md
+
+
+def check_results_dir(directory: Path) -> None:
+    """Before the benchmark runs: ``--out`` must be (or be creatable as) a writable directory."""
+    from .errors import SpecError
+    from .outputs import check_output_file, probe_writable
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SpecError(f"--out: {directory} is a file; give a directory")
+    probe = directory if directory.is_dir() else directory.parent
+    for name in ("solvers.json", "solvers.md"):
+        if directory.is_dir():
+            check_output_file(directory / name, "--out")
+    if not probe.is_dir():
+        raise SpecError(f"--out: {probe}: no such directory; create it first")
+    probe_writable(probe, "--out", probe)
 
 
 @click.group()
@@ -426,6 +443,8 @@ def bench():
               help="Also write solvers.json and solvers.md into this directory.")
 def solvers(quick, as_json, out_dir):
     """ngspice path vs naive PySpice, ngspice's own analysis time, torch reference, 2 workers, memory, digits epoch."""
+    if out_dir is not None:
+        check_results_dir(out_dir)          # before minutes of measuring, not after
     report = run_solvers(quick, log=lambda msg: click.echo(f"[bench] {msg}", err=True))
     report["command"] = "ffebm bench solvers" + (" --quick" if quick else "") + (" --json" if as_json else "")
     if out_dir is not None:

@@ -1,90 +1,133 @@
-"""Checkpoints that survive being killed at any instant.
+"""Checkpoints that survive being killed at any instant, and that never run code when read.
 
 Each checkpoint is written to a temporary file, flushed to disk and renamed
-into place (a rename is atomic on POSIX), and carries a SHA-256 of its payload
-in a sidecar file. Loading the latest checkpoint skips any whose checksum does
-not match (a torn or corrupted file) and falls back to the previous one with a
-warning.
+into place (a rename is atomic on POSIX), then its SHA-256 goes to a sidecar
+file the same way. A checkpoint without its sidecar (killed between the two, or
+the disk filled up) is incomplete and never trusted; if the sidecar cannot be
+written the checkpoint is removed, so a full disk leaves neither file.
+
+A checkpoint holds only tensors and plain data (dicts, lists, numbers, strings)
+and is read with ``torch.load(weights_only=True)``: a file holding anything else
+(a pickle crafted to run a command, say) is refused with one line and never
+executed. Loading the latest checkpoint skips any that is incomplete or corrupted
+and falls back to the previous one with a warning; when every checkpoint is bad,
+it refuses (it never silently restarts at epoch 1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import SpecError
+from .outputs import atomic_write_bytes
+
+# Kept under its old name for the modules that import it.
+_atomic_write_bytes = atomic_write_bytes
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def plain(obj, where: str = "state"):
+    """``obj`` as tensors and plain data only (numpy scalars become Python numbers)."""
+    if isinstance(obj, np.generic):          # before float: np.float64 is a float subclass
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, (dict, OrderedDict)):
+        return type(obj)((k, plain(v, f"{where}[{k!r}]")) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"checkpoint {where}: {type(obj).__name__} is not a tensor or plain data")
 
 
 def save_checkpoint(directory: Path, epoch: int, state: dict) -> Path:
-    """Write ``epoch_<NNNN>.pt`` and its checksum; returns the checkpoint path."""
+    """Write ``epoch_<NNNN>.pt`` and then its checksum; returns the checkpoint path."""
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(plain(state), buf)
     data = buf.getvalue()
     path = directory / f"epoch_{epoch:04d}.pt"
-    # The checksum goes first: a checkpoint without a matching checksum is never trusted.
-    _atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+    except BaseException:
+        path.unlink(missing_ok=True)         # no checkpoint without its checksum
+        raise
     return path
 
 
-def _valid(path: Path) -> bool:
+def checksum_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be trusted (no checksum file, mismatch, unreadable), or None."""
     sums = path.with_suffix(".sha256")
     if not sums.is_file():
-        return False
+        return "no checksum file (incomplete)"
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == sums.read_text().strip()
-    except OSError:
-        return False
+        ok = hashlib.sha256(path.read_bytes()).hexdigest() == sums.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot be read ({getattr(e, 'strerror', None) or e.__class__.__name__})"
+    return None if ok else "checksum mismatch (corrupted or truncated)"
 
 
-def load_latest(directory: Path) -> tuple[int, dict] | None:
-    """The newest checkpoint whose checksum matches, or None when there is none."""
+def _valid(path: Path) -> bool:
+    return checksum_problem(path) is None
+
+
+def _load(path: Path):
+    """``torch.load`` that never unpickles code: tensors and plain data only."""
+    try:
+        with warnings.catch_warnings():          # e.g. "Detected pickle protocol 4": one line, not two
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as e:  # noqa: BLE001 - any file torch refuses is reported the same way
+        if "weights_only" in str(e) or e.__class__.__name__ == "UnpicklingError":
+            return None, "holds objects other than tensors and plain data (refused, not executed)"
+        return None, f"not a readable checkpoint ({e.__class__.__name__})"
+
+
+def load_latest(directory: Path, flag: str = "--resume") -> tuple[int, dict] | None:
+    """The newest trustworthy checkpoint, or None when there is none at all.
+
+    Bad checkpoints are skipped with a warning naming the one used instead; when
+    checkpoints exist but none is usable this is a one-line :class:`SpecError`.
+    """
     candidates = sorted(directory.glob("epoch_*.pt"), reverse=True) if directory.is_dir() else []
+    problems = []
     for path in candidates:
-        if not _valid(path):
-            warnings.warn(f"checkpoint {path} is corrupted or incomplete (checksum mismatch); using an earlier one",
-                          stacklevel=2)
+        problem = checksum_problem(path)
+        state = None
+        if problem is None:
+            state, problem = _load(path)
+        if problem is None and not (isinstance(state, dict) and "model" in state):
+            problem = "not an ffebm checkpoint (no model state)"
+        if problem is not None:
+            problems.append(f"{path.name}: {problem}")
             continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - any unreadable file is skipped the same way
-            warnings.warn(f"checkpoint {path} cannot be read; using an earlier one", stacklevel=2)
-            continue
+        for p in problems:
+            warnings.warn(f"checkpoint {directory / p}; using {path.name} instead", stacklevel=2)
         return int(path.stem.split("_")[1]), state
+    if problems:
+        raise SpecError(f"{flag}: {directory}: no usable checkpoint ({'; '.join(problems)}); restore one "
+                        "or start a new run directory")
     return None
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
+def load_checkpoint_file(path: str | Path, flag: str = "--checkpoint") -> dict:
     """A single checkpoint given by the user (e.g. for ``ffebm analyze``); one-line errors."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"--checkpoint: {path}: no such file; give an epoch_NNNN.pt from a run directory")
+        raise SpecError(f"{flag}: {path}: no such file; give an epoch_NNNN.pt from a run directory")
     if path.with_suffix(".sha256").is_file() and not _valid(path):
-        raise SpecError(f"--checkpoint: {path}: checksum mismatch (corrupted or truncated)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise SpecError(f"--checkpoint: {path}: not a readable checkpoint ({e.__class__.__name__})") from None
+        raise SpecError(f"{flag}: {path}: {checksum_problem(path)}")
+    state, problem = _load(path)
+    if problem is not None:
+        raise SpecError(f"{flag}: {path}: {problem}; give an epoch_NNNN.pt written by ffebm train")
     if not isinstance(state, dict) or "model" not in state:
-        raise SpecError(f"--checkpoint: {path}: not an ffebm checkpoint (no model state)")
+        raise SpecError(f"{flag}: {path}: not an ffebm checkpoint (no model state)")
     return state

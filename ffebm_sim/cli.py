@@ -6,6 +6,7 @@ no traceback and no partial output file.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -20,6 +21,7 @@ from .circuit import free_node_names
 from .errors import SpecError
 from .io import atomic_write_text, read_inputs
 from .netlist import emit_deck
+from .outputs import atomic_write_bytes, check_output_file
 from .model import resolve_block
 from .validate import check_solver_memory
 
@@ -57,6 +59,7 @@ def cli():
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model specs: take trained conductances from a checkpoint.")
 def netlist(spec, inputs_file, seed, reduced, output, block, checkpoint):
     """Write a standalone SPICE deck of the block in SPEC (runs with `ngspice -b`)."""
+    check_output_file(output, "--output", inputs=(spec, inputs_file, checkpoint))
     circuit = resolve_block(spec, block, checkpoint)
     check_solver_memory(circuit, 0, "spec", spec, backends=(), deck=True)
     if inputs_file and seed is not None:
@@ -159,16 +162,16 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
     from .gradcheck import beta_sweep, gradcheck as run, plot_sweep
     if beta is not None and not (math.isfinite(beta) and beta > 0):
         raise SpecError(f"--beta: {beta!r}; the nudge amplitude in volts, a finite number > 0")
-    if plot and not Path(plot).parent.exists():
-        raise SpecError(f"--plot: {Path(plot).parent}: no such directory; create it first")
+    if plot:
+        check_output_file(plot, "--plot", inputs=(model, checkpoint))
     report = run(model, backend=backend, beta_v=beta, batch=batch, seed=seed, data=data, centered=not one_sided,
                  checkpoint=checkpoint)
     if plot:
         sweep = beta_sweep(model, backend, np.logspace(-6, -0.5, 12), batch=batch, seed=seed, data=data,
                            checkpoint=checkpoint)
-        tmp = Path(plot).with_name(f".{Path(plot).name}.tmp.png")
-        plot_sweep(sweep, tmp, f"{report['model']}: EP ({backend}) vs implicit gradient, batch {batch}")
-        tmp.replace(plot)
+        png = io.BytesIO()
+        plot_sweep(sweep, png, f"{report['model']}: EP ({backend}) vs implicit gradient, batch {batch}")
+        atomic_write_bytes(plot, png.getvalue())
         report["sweep"] = sweep
     if as_json:
         click.echo(_json(report))
@@ -254,13 +257,22 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
                          **{k: v for k, v in chosen if v is not None})
     if not resume:
         config = config_with_spec_defaults(config, given)
+    # On resume, the flags given on this command line are compared with the stored run.
+    ctx = click.get_current_context()
+    flags_given = {p for p in ctx.params
+                   if ctx.get_parameter_source(p) not in (click.core.ParameterSource.DEFAULT, None)}
+    fields_given = {TRAIN_FIELDS.get(p, p) for p in flags_given} & set(TrainConfig.__dataclass_fields__)
     summary = run_training(config, resume=resume, epochs_given=epochs is not None,
-                           on_failure_given=on_failure is not None)
+                           on_failure_given=on_failure is not None, given=fields_given)
     click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
                f"({summary['seconds']:.0f} s); learning curves: {summary['learning_curves']}", err=as_json)
     if as_json:
         click.echo(_json(summary))
 
+
+#: train's click parameters that are spelled differently in TrainConfig.
+TRAIN_FIELDS = {"beta": "beta_v", "workers": "backend_options", "scheduler": "backend_options",
+                "update_options": "update_options"}
 
 from .bench import bench  # noqa: E402  (a click group defined in its own module)
 
@@ -297,8 +309,9 @@ def main(argv=None) -> int:
     except RunStopped as e:          # not bad input: the run failed (its finished epochs are kept)
         click.echo(f"ffebm: error: {e}", err=True)
         return 1
-    except OSError as e:
-        click.echo(f"ffebm: error: {e.filename or ''}: {e.strerror or e}", err=True)
+    except OSError as e:              # the path the user named (never a temporary file), one line
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"ffebm: error: {where}{' '.join(str(e.strerror or e).split())}", err=True)
         return 2
     return 0
 

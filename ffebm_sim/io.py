@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +47,10 @@ def read_inputs(path: str | Path, n_inputs: int) -> np.ndarray:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
+    from .outputs import atomic_write_bytes
     path = Path(path)
     if path.is_dir():
         raise SpecError(f"{path}: is a directory; give a file path to write")
     if not path.parent.exists():
         raise SpecError(f"{path.parent}: no such directory; create it first")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode(), fsync=False)

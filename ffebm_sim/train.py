@@ -40,9 +40,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,9 @@ from .blocks import EnergyBlock
 from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
 from .data import DATASETS, load_dataset
 from .errors import SpecError, plain
-from .failures import ON_FAILURE, FailurePolicy
+from .failures import ON_FAILURE, FailurePolicy, RunStopped
 from .model import FFEBM, build_model
+from .outputs import MARKER, DirLock, check_not_locked, check_output_dir, user_error, write_marker
 from .spec import read_toml
 
 TRAINING_KEYS = {"epochs", "batch_size", "lr", "lr_analog", "schedule", "on_failure"}
@@ -107,6 +110,7 @@ class TrainConfig:
     update: str | None = None          # the device update rule (default DEFAULT_UPDATE with a device)
     update_options: dict = field(default_factory=dict)   # rule options, e.g. {"coupling": 0.02}
     on_failure: str = "stop"           # a sample no solver retry converges: stop the run or skip it
+    model_sha256: str | None = None    # the spec file's content when the run started (set by the run directory)
 
     def validate(self, labels: dict[str, str] | None = None) -> "TrainConfig":
         """Check every field; returns the config with ``update`` and ``lr_analog`` resolved.
@@ -286,49 +290,158 @@ def _plot(run: Path, metrics: list[dict], title: str) -> None:
     _atomic_write_bytes(run / "learning_curves.png", buf.getvalue())
 
 
+#: What may change when a run is resumed; everything else must equal the stored configuration.
+RESUMABLE = ("epochs", "backend_options", "on_failure", "out", "model_sha256")
+#: How each configuration field is spelled by the user (CLI flag or spec key).
+FIELD_FLAGS = {"model": "MODEL", "data": "--data", "data_dir": "--data-dir", "backend": "--backend",
+               "gradient": "--gradient", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+               "lr_analog": "--lr-analog", "schedule": "schedule", "seed": "--seed", "beta_v": "--beta",
+               "device": "--device", "update": "--update", "update_options": "--update-option",
+               "on_failure": "--on-failure", "backend_options": "--workers/--scheduler"}
+
+
+def _sha256(path) -> str | None:
+    import hashlib
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _show(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def stored_config(run: Path) -> TrainConfig:
+    stored = run / "config.json"
+    if not stored.is_file():
+        raise SpecError(f"--resume: {run} holds no run (no config.json); start it without --resume")
+    try:
+        return TrainConfig(**json.loads(stored.read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise SpecError(f"--resume: {stored} is not a run configuration ({e.__class__.__name__})") from None
+
+
+def resume_config(config: TrainConfig, given: set[str] | None = None, epochs_given: bool = True,
+                  on_failure_given: bool = False) -> TrainConfig:
+    """The stored run's configuration, refusing (one line naming the keys) any change but RESUMABLE.
+
+    ``given``: the fields the user chose (CLI flags); None compares every field of ``config``.
+    The spec file is compared by content (moving it is fine, editing it is not).
+    """
+    run = Path(config.out)
+    old = stored_config(run)
+    changed = []
+    new_sha = _sha256(config.model)
+    if old.model_sha256 is not None:
+        if new_sha != old.model_sha256:
+            changed.append(f"MODEL {config.model} (its content differs from the run's spec {old.model})")
+    elif os.path.realpath(config.model) != os.path.realpath(old.model):
+        changed.append(f"MODEL {config.model} (the run's: {old.model})")
+    names = [f.name for f in fields(TrainConfig)] if given is None else sorted(given)
+    for name in names:
+        if name in RESUMABLE or name == "model":
+            continue
+        a, b = getattr(config, name), getattr(old, name)
+        if name == "data_dir" and a is not None and b is not None:
+            a, b = os.path.realpath(a), os.path.realpath(b)
+        if a != b:
+            changed.append(f"{FIELD_FLAGS.get(name, name)} {_show(getattr(config, name))} "
+                           f"(the run's: {_show(getattr(old, name))})")
+    if changed:
+        raise SpecError(f"--resume: {run} was started with other settings: {', '.join(changed)}; only --epochs "
+                        "(to extend), --workers, --scheduler and --on-failure may change on resume")
+    return replace(old, epochs=config.epochs if epochs_given else old.epochs,
+                   on_failure=config.on_failure if on_failure_given else old.on_failure,
+                   backend_options=config.backend_options if (given is None or "backend_options" in given)
+                   else old.backend_options, out=config.out).validate()
+
+
 def prepare_run_dir(config: TrainConfig, resume: bool, epochs_given: bool = True,
                     on_failure_given: bool = False) -> tuple[Path, TrainConfig]:
-    """Create or reopen RUN_DIR. A finished or started run is never overwritten without --resume."""
+    """Create RUN_DIR under the output policy and write config.json, or reopen it (``resume``).
+
+    On resume the stored configuration decides everything but the epochs and
+    ``on_failure`` (the spec's content must be the run's); :func:`train` also compares
+    the options the user gave.
+    """
     run = Path(config.out)
-    stored = run / "config.json"
     if resume:
-        if not stored.is_file():
-            raise SpecError(f"--resume: {run} holds no run (no config.json); start it without --resume")
-        try:
-            old = json.loads(stored.read_text())
-            old_config = TrainConfig(**old)
-        except (ValueError, TypeError) as e:
-            raise SpecError(f"--resume: {stored} is not a run configuration ({e.__class__.__name__})") from None
-        # The stored run decides everything but how long it runs (when --epochs is given) and
-        # what a non-converging sample does (--on-failure: a run stopped by one resumes with skip).
-        return run, replace(old_config, epochs=config.epochs if epochs_given else old_config.epochs,
-                            on_failure=config.on_failure if on_failure_given else old_config.on_failure,
-                            out=config.out).validate()
-    if run.exists() and any(run.iterdir()):
-        raise SpecError(f"--out: {run} already holds files; pass --resume to continue that run or choose a new directory")
-    run.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(stored, json.dumps(asdict(config), indent=1).encode())
+        return run, resume_config(config, set(), epochs_given, on_failure_given)
+    check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
+    lock, _, config = _open_run_dir(run, config, False)
+    lock.release()
     return run, config
 
 
+def _open_run_dir(run: Path, config: TrainConfig, resume: bool) -> tuple[DirLock, bool, TrainConfig]:
+    """Create (or reopen) RUN_DIR, lock it and write config.json; returns (lock, created, config)."""
+    created = False
+    if not resume:
+        try:
+            run.mkdir()
+            created = True
+        except FileExistsError:
+            check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
+        except OSError as e:
+            raise user_error(e, run) from None
+        write_marker(run, "train")
+        config = replace(config, model_sha256=_sha256(config.model))
+    elif not (run / MARKER).is_file():
+        write_marker(run, "train")       # a run started before markers existed (it has config.json)
+    lock = DirLock(run).acquire()
+    try:
+        _atomic_write_bytes(run / "config.json", json.dumps(asdict(config), indent=1).encode())
+    except BaseException:
+        lock.release()
+        raise
+    return lock, created, config
+
+
+def _discard_failed_start(run: Path, created: bool) -> None:
+    """A start that failed before its first checkpoint leaves nothing behind (it wrote every file there)."""
+    if created:
+        shutil.rmtree(run, ignore_errors=True)
+        return
+    for name in ("config.json", "metrics.json", "metrics.csv", "learning_curves.png", "summary.json", MARKER):
+        (run / name).unlink(missing_ok=True)
+    for sub in ("checkpoints", "failed"):
+        shutil.rmtree(run / sub, ignore_errors=True)
+
+
 def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: bool = True,
-          stop_after_epoch: int | None = None, on_failure_given: bool = False) -> dict | None:
+          stop_after_epoch: int | None = None, on_failure_given: bool = False,
+          given: set[str] | None = None) -> dict | None:
     """Run (or resume) training; returns the summary written to summary.json.
 
-    On ``resume`` the run directory's stored configuration is used; only the
-    number of epochs (when ``epochs_given``) and ``on_failure`` (when
-    ``on_failure_given``) may change. ``stop_after_epoch`` ends the process's
-    work after that epoch's checkpoint, as an interruption would (returns None).
+    On ``resume`` the run directory's stored configuration is used and compared with
+    ``config`` (the fields in ``given``, or all of them): any difference but RESUMABLE
+    is refused; the number of epochs (when ``epochs_given``) and ``on_failure`` (when
+    ``on_failure_given``) may change. ``stop_after_epoch`` ends the process's work after
+    that epoch's checkpoint, as an interruption would (returns None).
+
+    Nothing is created before the whole configuration is checked; a fresh run that
+    fails before its first checkpoint (other than a non-converging sample, whose deck
+    is kept) removes what it wrote, so the corrected command works without --resume.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     config = config.validate()
+    run = Path(config.out)
+    latest = None
     if resume:
-        _, config = prepare_run_dir(config, True, epochs_given, on_failure_given)
+        config = resume_config(config, given, epochs_given, on_failure_given)
+        check_not_locked(run)
+        latest = load_latest(run / "checkpoints")
+        if latest is not None and config.epochs < latest[0]:
+            raise SpecError(f"--epochs: {config.epochs}; the run in {run} has finished {latest[0]} epochs; "
+                            "give more to extend it, or leave --epochs out")
+    else:
+        check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
     data = load_dataset(config.data, config.data_dir)
     check_training(config, data)         # before the backend starts workers or anything is written
     backend = _backend(config)
     try:
-        return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given)
+        return _train(config, resume, log, stop_after_epoch, data, backend, latest)
     finally:
         if hasattr(backend, "close"):
             backend.close()          # stops worker processes, if any
@@ -350,11 +463,25 @@ def check_training(config: TrainConfig, data) -> None:
                        data_bytes=data.nbytes)
 
 
-def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given):
+def _train(config, resume, log, stop_after_epoch, data, backend, latest):
     model = build_model(config.model, backend=backend, gradient=config.gradient,
                         beta_v=config.beta_v, seed=config.seed)
     rules = make_update_rules(model, config)       # before the run directory: bad options leave no files
-    run, config = prepare_run_dir(config, resume, epochs_given, on_failure_given)
+    run = Path(config.out)
+    lock, created, config = _open_run_dir(run, config, resume)
+    try:
+        return _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest, model, rules)
+    except RunStopped:
+        raise                    # its deck in RUN_DIR/failed/ is the diagnosis; the run is resumable
+    except Exception:
+        if not resume and not any((run / "checkpoints").glob("epoch_*.pt")):
+            _discard_failed_start(run, created)
+        raise
+    finally:
+        lock.release()
+
+
+def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest, model, rules):
     failures = FailurePolicy(run, config.on_failure)
     convergence = getattr(backend, "convergence", None)      # ngspice: samples rescued by each retry
     optimizer = _optimizer(model, config)
@@ -364,7 +491,6 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, o
     metrics: list[dict] = []
     start = 0
     if resume:
-        latest = load_latest(run / "checkpoints")
         if latest is not None:
             start, state = latest
             from .validate import check_state
@@ -373,6 +499,12 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, o
             if optimizer is not None:
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
+                # The rate of the next epoch by the schedule over the run's (possibly extended) epochs:
+                # for an unchanged run exactly what the scheduler stored (the same expression); for an
+                # extended one the new cosine's value at this epoch, never the old end's zero.
+                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = base * factor(start)
+                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
             if rules is not None:
                 saved = state.get("update_rules")
                 if not saved or len(saved) != len(rules):

@@ -164,6 +164,7 @@ def _session_members(sid: int) -> list[int]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_line_exit_2_nothing_written(workshop, case):
     args = [str(a) for a in CASES[case](workshop)]
+    (workshop / "PWNED").unlink(missing_ok=True)        # each case on its own: not another case's doing
     before = _snapshot(workshop)
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "ffebm_sim.cli", *args], cwd=workshop, text=True,

@@ -48,6 +48,7 @@ from ..errors import SpecError
 from ..model import FFEBM, build_model
 from ..validate import apply_checkpoint, check_model_data, check_model_memory
 from ..netlist import emit_deck
+from ..outputs import check_output_dir, dir_mode, user_error, write_marker
 from ..spec import read_toml
 from . import figures
 from .power import element_powers
@@ -553,17 +554,20 @@ def _clean(x):
 
 # ---- writing -----------------------------------------------------------------------------------
 
-def write_outputs(out: str | Path, files: dict[str, bytes], force: bool = False) -> Path:
+def write_outputs(out: str | Path, files: dict[str, bytes], force: bool = False, inputs=()) -> Path:
     """Write every file into a fresh directory next to ``out``, then rename it into place.
 
-    An existing non-empty ``out`` is refused unless ``force``; with ``force`` it is
-    replaced only once the new directory is complete.
+    The output policy of :mod:`ffebm_sim.outputs`: an existing non-empty ``out`` is
+    refused unless ``force`` and it is an earlier ``ffebm analyze`` output (its
+    marker); it is then replaced only once the new directory is complete. ``out``
+    may not be or contain an input (``inputs``).
     """
     out = Path(out)
-    check_out_dir(out, force)
-    parent = out.parent if str(out.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    check_out_dir(out, force, inputs)
+    parent = out.parent
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
         for rel, data in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -571,7 +575,8 @@ def write_outputs(out: str | Path, files: dict[str, bytes], force: bool = False)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
+        write_marker(tmp, "analyze")
+        os.chmod(tmp, dir_mode())
         old = None
         if out.exists():
             if any(out.iterdir()):
@@ -580,20 +585,17 @@ def write_outputs(out: str | Path, files: dict[str, bytes], force: bool = False)
             else:
                 out.rmdir()
         os.replace(tmp, out)
+        tmp = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as e:
+        raise user_error(e, out) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"--out: {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SpecError(f"--out: {out} already holds files; pass --force to replace it or choose a new directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise SpecError(f"--out: {parent}: no such directory; create it first")
+def check_out_dir(out: Path, force: bool, inputs=()) -> None:
+    """Refuse (one line) an ``--out`` that analyze may not write, before any simulation."""
+    check_output_dir(out, "--out", "analyze", inputs=inputs, force=force)

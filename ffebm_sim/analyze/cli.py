@@ -20,7 +20,7 @@ from .analysis import DATA_CHOICES, AnalyzeOptions, _clean, analyze_model, check
               help="Test inputs per block (each: an op per phase and a transient per phase).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the sample draw.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for report.md, analysis.json, figures/, tables/.")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out directory (only once the new one is complete).")
+@click.option("--force", is_flag=True, help="Replace an earlier `ffebm analyze` output in --out (only that; only once the new one is complete).")
 @click.option("--device", help="Device preset for the tables' pulse counts (ideal, reram, ecram, pcm).")
 @click.option("--node-capacitance", type=float, help="F per free node (overrides the spec; default 1e-14).")
 @click.option("--wire-capacitance", type=float, help="F per crossbar cell, half to each end (overrides the spec; default 0).")
@@ -29,7 +29,8 @@ from .analysis import DATA_CHOICES, AnalyzeOptions, _clean, analyze_model, check
 def analyze(model, checkpoint, data, samples, seed, out, force, device, node_capacitance, wire_capacitance,
             no_nudged, as_json):
     """Power, settling time, energy per inference and conductance tables of a trained MODEL, by ngspice."""
-    check_out_dir(out, force)           # refuse before minutes of simulation, not after
+    inputs = (model, checkpoint)
+    check_out_dir(out, force, inputs)   # refuse before minutes of simulation, not after
     if device is not None:
         from ..hardware import get_device
         get_device(device, 0.0, 1.0)
@@ -38,7 +39,7 @@ def analyze(model, checkpoint, data, samples, seed, out, force, device, node_cap
                              nudged=not no_nudged)
     analysis, files = analyze_model(model, checkpoint, options,
                                     log=lambda m: click.echo(f"analyze: {m}", err=True))
-    write_outputs(out, files, force=force)
+    write_outputs(out, files, force=force, inputs=inputs)
     for b in analysis["blocks"]:
         click.echo(f"{b['name']}: power {_fmt(b['power_w_mean'], 'W')}, settling median {_fmt(b['settling_s_median'], 's')} "
                    f"worst {_fmt(b['settling_s_worst'], 's')}, energy/inference {_fmt(b['energy_j_per_inference'], 'J')}",
