@@ -228,6 +228,12 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
     given = {k for k, v in chosen if v is not None}
     if (workers > 1 or scheduler) and backend != "ngspice":
         raise SpecError("--workers/--scheduler: they spread ngspice solves; use them with --backend ngspice")
+    if scheduler is not None:
+        if workers > 1:
+            raise SpecError(f"--scheduler and --workers {workers}: give one of them; the Dask cluster's workers "
+                            f"do the solves with --scheduler, --workers N starts N local processes")
+        from .backends.dask_engine import check_scheduler_address
+        scheduler = check_scheduler_address(scheduler)
     options = {}
     if workers > 1:
         options["workers"] = workers

@@ -465,4 +465,7 @@ def _backend(config: TrainConfig):
         # The training loop solves the Norton-reduced deck: the same node voltages
         # (tested) with the 2*n0 source nodes folded away.
         options.setdefault("reduced", True)
-    return get_backend(config.backend, **options)
+    backend = get_backend(config.backend, **options)
+    if options.get("scheduler"):
+        backend.start()           # connect now: an unreachable scheduler fails before the run directory
+    return backend
