@@ -278,8 +278,12 @@ def main(argv=None) -> int:
     # not help them, and spinning OpenMP threads slowed the reference solver
     # 100x when other processes (ngspice workers) shared the cores (measured).
     torch.set_num_threads(1)
+    from .progress import close_all
     try:
-        cli.main(args=argv, prog_name="ffebm", standalone_mode=False)
+        try:
+            cli.main(args=argv, prog_name="ffebm", standalone_mode=False)
+        finally:
+            close_all()          # no progress line after the command's last word
     except _Exit as e:
         return e.code
     except click.exceptions.Abort:

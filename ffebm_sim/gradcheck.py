@@ -13,6 +13,7 @@ import torch
 
 from .data import load_dataset
 from .model import build_model
+from .progress import Progress
 
 #: The "Done when" thresholds of a passing gradient check.
 MIN_COSINE = 0.9999
@@ -63,9 +64,12 @@ def gradcheck(spec, backend: str = "reference", beta_v: float | None = None, bat
     state = _state(checkpoint)
     probe = build_model(spec, backend="reference", seed=seed)
     x, y, data_name = _batch(probe, data, batch, seed)
-    exact, loss, ref_model = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
-    estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed,
-                                         checkpoint=state)
+    with Progress(2 * batch, f"gradcheck {probe.name} (implicit, then EP on {backend})") as bar:
+        exact, loss, ref_model = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
+        bar.update(batch)
+        estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed,
+                                             checkpoint=state)
+        bar.update(batch)
     rows = compare(estimate, exact)
     min_cos = min(r["cosine"] for r in rows)
     max_rel = max(r["rel_error"] for r in rows)
@@ -103,17 +107,20 @@ def beta_sweep(spec, backend: str, betas, batch: int = 32, seed: int = 0, data: 
     state = _state(checkpoint)
     probe = build_model(spec, backend="reference", seed=seed)
     x, y, _ = _batch(probe, data, batch, seed)
-    exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
     out = {"betas_v": list(map(float, betas))}
-    for mode, centered in (("centered", True), ("one_sided", False)):
-        cos, rel = [], []
-        for b in betas:
-            est, _, _ = model_gradients(spec, backend, "ep", x, y, beta_v=float(b), centered=centered, seed=seed,
-                                        checkpoint=state)
-            rows = compare(est, exact)
-            cos.append(min(r["cosine"] for r in rows))
-            rel.append(max(r["rel_error"] for r in rows))
-        out[mode] = {"min_cosine": cos, "max_rel_error": rel}
+    with Progress(batch * (1 + 2 * len(betas)), f"gradcheck {probe.name} beta sweep") as bar:
+        exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
+        bar.update(batch)
+        for mode, centered in (("centered", True), ("one_sided", False)):
+            cos, rel = [], []
+            for b in betas:
+                est, _, _ = model_gradients(spec, backend, "ep", x, y, beta_v=float(b), centered=centered, seed=seed,
+                                            checkpoint=state)
+                bar.update(batch)
+                rows = compare(est, exact)
+                cos.append(min(r["cosine"] for r in rows))
+                rel.append(max(r["rel_error"] for r in rows))
+            out[mode] = {"min_cosine": cos, "max_rel_error": rel}
     return out
 
 

@@ -232,11 +232,10 @@ def _evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int,
     return total / max(counted, 1), correct / len(x)
 
 
-def _progress(total: int, desc: str):
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return None
+def _progress(total: int, desc: str, solves=None):
+    """A tqdm bar on a terminal, else a plain line to stderr every few seconds (ffebm_sim.progress)."""
+    from .progress import Progress
+    return Progress(total, f"train {desc}", solves=solves)
 
 
 def _write_metrics(run: Path, metrics: list[dict]) -> None:
@@ -316,6 +315,8 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     try:
         return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given)
     finally:
+        from .progress import close_all
+        close_all()                  # an epoch's progress lines end with the epoch, or here
         if hasattr(backend, "close"):
             backend.close()          # stops worker processes, if any
 
@@ -364,7 +365,7 @@ def _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, o
         # Random digital modules (Dropout) draw from torch's global generator: seed it per epoch
         # too, so a resumed run draws the same masks as an uninterrupted one.
         torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000_000)
-        bar = _progress(n, f"epoch {epoch}/{config.epochs}")
+        bar = _progress(n, f"epoch {epoch}/{config.epochs}", solves=lambda: model.solver_stats()["solves"])
         run_loss, run_correct, seen = 0.0, 0, 0
         pulses = None
         if rules is not None:

@@ -48,6 +48,7 @@ from ..ep import output_conductance_s
 from ..errors import SpecError
 from ..model import FFEBM, build_model
 from ..netlist import emit_deck
+from ..progress import Progress
 from ..spec import read_toml
 from . import figures
 from .power import element_powers
@@ -244,7 +245,10 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
     out_slice = circuit.layer_slice(circuit.depth)
     caps = node_capacitances(circuit, info.node_capacitance_f, info.wire_capacitance_f)
     t0 = time.perf_counter()
+    ops = Progress(B * (1 + (0 if not options.nudged else 2 if block.centered else 1)),
+                   f"analyze {name}: operating points", unit="samples")
     free = _phase("free", circuit, u)
+    ops.update(B)
     ref = ReferenceBackend(ideal_as_clip=False).solve(circuit, torch.from_numpy(u))
     ref_dv = float(np.nanmax(np.abs(ref.node_voltages_v.numpy() - free.x))) if ref.ok else float("nan")
     phases = [free]
@@ -262,6 +266,7 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
             for sign in signs:
                 phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
                                      g_nudge=sign * beta_s, targets=targets))
+                ops.update(B)
         elif "delta" in signals:
             delta = signals["delta"].numpy()
             scale = np.abs(delta).max(1)
@@ -269,6 +274,8 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
             for sign in signs:
                 phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
                                      currents=-sign * beta[:, None] * delta))
+                ops.update(B)
+    ops.close()
     log(f"{name}: operating points of {len(phases)} phase(s) x {B} samples in {time.perf_counter() - t0:.1f} s")
 
     # ---- settling ----
@@ -281,10 +288,12 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
         prev_x = operating_points(circuit, np.zeros_like(u)).node_voltages_v
     results = {}
     worst_waves = {}
-    for ph in phases:
+    bar = Progress(B * len(phases), f"analyze {name}: settling", unit="transients")
+    for k, ph in enumerate(phases):
         settle, settle_adc, energy, taus, msgs = [], [], [], [], []
         worst = None
         for b in range(B):
+            bar.done = k * B + b
             if ph.messages[b] or (ph is free and not np.isfinite(prev_x[b]).all()) or \
                     (ph is not free and free.messages[b]):
                 settle.append(None); settle_adc.append(None); energy.append(None); taus.append(None)
@@ -317,6 +326,7 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
                 worst = (key, b, tr, band, final)
         results[ph.name] = {"settle": settle, "settle_adc": settle_adc, "energy": energy, "tau": taus, "messages": msgs}
         worst_waves[ph.name] = worst
+    bar.close()
     log(f"{name}: {sum(len(r['settle']) for r in results.values())} transients in {time.perf_counter() - t0:.1f} s")
 
     # ---- the summary of the block ----
@@ -516,6 +526,8 @@ def analyze_model(model_path, checkpoint, options: AnalyzeOptions, log=lambda m:
     if model.input_size is not None and model.input_size != data.n_features:
         raise SpecError(f"--data: {data_name} has {data.n_features} features, model '{model.name}' takes {model.input_size}")
     n = min(options.samples, len(data.x_test))
+    if n < options.samples:
+        log(f"--samples {options.samples}: the {data_name} test split has {n} samples; using all {n}")
     idx = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(options.seed))[:n]
     x, y = data.x_test[idx], data.y_test[idx]
     signals = block_signals(model, x, y)
