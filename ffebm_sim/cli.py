@@ -278,12 +278,21 @@ def main(argv=None) -> int:
     # not help them, and spinning OpenMP threads slowed the reference solver
     # 100x when other processes (ngspice workers) shared the cores (measured).
     torch.set_num_threads(1)
+    from .interrupt import Interrupted, signals_raise, stop_resource_tracker
     from .progress import close_all
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        try:
-            cli.main(args=argv, prog_name="ffebm", standalone_mode=False)
-        finally:
-            close_all()          # no progress line after the command's last word
+        with signals_raise():
+            try:
+                cli.main(args=args, prog_name="ffebm", standalone_mode=False)
+            finally:
+                close_all()          # no progress line after the command's last word
+    except Interrupted as e:         # the command's finally blocks have stopped its workers
+        stop_resource_tracker()
+        resumable = "train" in args[:1] and "--out" in args
+        click.echo(f"ffebm: interrupted ({e.name})" + ("; finished epochs are kept, continue with --resume"
+                                                        if resumable else ""), err=True)
+        return e.exit_code
     except _Exit as e:
         return e.code
     except click.exceptions.Abort:
