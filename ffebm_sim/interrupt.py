@@ -46,7 +46,7 @@ class Interrupted(BaseException):
 @contextlib.contextmanager
 def signals_raise():
     """While inside, SIGINT/SIGTERM/SIGHUP raise :class:`Interrupted` (once); the previous handlers
-    are restored on the way out. Outside the main thread it does nothing (signals go to the main thread)."""
+    are restored on the way out. A signal already ignored (``nohup``) stays ignored. Outside the main thread it does nothing (signals go to the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -61,6 +61,8 @@ def signals_raise():
     previous = {}
     try:
         for s in SIGNALS:
+            if signal.getsignal(s) is signal.SIG_IGN:      # nohup, or a background job: stay deaf to it
+                continue
             previous[s] = signal.signal(s, handler)
         yield
     finally:

@@ -250,3 +250,26 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
             proc.kill()
         for p in _session_members(proc.pid):
             os.kill(p, signal.SIGKILL)
+
+
+def test_signals_raise_interrupted_once_and_restore_the_handlers():
+    from ffebm_sim.interrupt import Interrupted, signals_raise
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as info:
+        with signals_raise():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert info.value.name == "SIGTERM" and info.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_ignored_signal_stays_ignored():
+    """`nohup ffebm train ...`: SIGHUP was ignored on purpose; closing the terminal must not stop the run."""
+    from ffebm_sim.interrupt import signals_raise
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_raise():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
