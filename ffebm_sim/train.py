@@ -204,17 +204,21 @@ def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = 256,
     and is left out of the mean loss."""
     was_training = model.training
     model.eval()
+    bar = _progress(len(x), f"evaluate {where}", solves=lambda: model.solver_stats()["solves"])
     try:
-        return _evaluate(model, x, y, batch, failures, where)
+        return _evaluate(model, x, y, batch, failures, where, bar)
     finally:
+        bar.close()
         model.train(was_training)
 
 
 def _evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int,
-              failures: FailurePolicy | None, where: str) -> tuple[float, float]:
+              failures: FailurePolicy | None, where: str, bar=None) -> tuple[float, float]:
     total, correct, counted = 0.0, 0, 0
     for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch], y[s:s + batch]
+        if bar is not None:
+            bar.done = s
         if failures is None:
             out, rows = model(xb), torch.arange(len(xb))
         else:
