@@ -314,9 +314,9 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     config = config.validate()
     if resume:
         _, config = prepare_run_dir(config, True, epochs_given, on_failure_given)
-    data = load_dataset(config.data, config.data_dir)
-    backend = _backend(config)
+    backend = _backend(config)       # first: an unreachable scheduler is reported within seconds
     try:
+        data = load_dataset(config.data, config.data_dir)
         return _train(config, resume, log, epochs_given, stop_after_epoch, data, backend, on_failure_given)
     finally:
         from .progress import close_all
