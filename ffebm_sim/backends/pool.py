@@ -22,14 +22,14 @@ again. A job lost in two crashes is then run alone, so a job that kills its
 worker ``max_crashes`` (3) times is identified for certain, and
 :class:`WorkerCrashError` names it (its samples and deck) instead of looping.
 
-Interrupts.** Workers ignore SIGINT (Ctrl-C in a terminal reaches the whole
+**Interrupts.** Workers ignore SIGINT (Ctrl-C in a terminal reaches the whole
 process group; the parent decides) and each watches its parent: when the parent
 is gone (killed, even with SIGKILL) the worker exits within about a second
 instead of living on under init. When the parent is interrupted (SIGINT,
 SIGTERM: :class:`~ffebm_sim.interrupt.Interrupted`, or ``KeyboardInterrupt``)
 while the pool starts or runs jobs, the engine terminates its workers at once
 (:meth:`PoolEngine.terminate`) rather than waiting for the jobs in flight, and
-re-raises.
+re-raises; the next :meth:`PoolEngine.map` starts a new pool.
 
 **Fault injection** (tests, ``benchmarks/fault_injection.py``): when the
 environment variable ``FFEBM_FAULT_DIR`` names a directory, a worker about to
@@ -169,13 +169,16 @@ class PoolEngine:
         self.restarts += 1
         log.warning("ngspice worker died (%s); starting a new pool (restart %d)", why, self.restarts)
         try:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
         except Exception:  # noqa: BLE001 - a broken pool may complain while shutting down
             pass
         self._start()
 
     def map(self, jobs: list[DeckJob]) -> list[JobResult]:
         try:
+            if self._executor is None:               # terminated by an earlier interrupt
+                self._start()
             return self._map(jobs)
         except BaseException as e:
             if not isinstance(e, Exception):         # SIGINT/SIGTERM: stop now, do not wait for the jobs
