@@ -103,6 +103,10 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def set(self, done: int) -> None:
+        """``done`` units are finished (absolute, where :meth:`update` adds)."""
+        self.update(int(done) - self.done)
+
     def set_postfix(self, **values) -> None:
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
         if self._bar is not None:

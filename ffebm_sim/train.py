@@ -218,7 +218,7 @@ def _evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int,
     for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch], y[s:s + batch]
         if bar is not None:
-            bar.done = s
+            bar.set(s)
         if failures is None:
             out, rows = model(xb), torch.arange(len(xb))
         else:

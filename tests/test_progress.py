@@ -34,7 +34,8 @@ def test_plain_lines_every_interval_with_counts_solves_and_elapsed():
     out = io.StringIO()
     solves = [0]
     p = Progress(10, "work", solves=lambda: solves[0], interval=0.05, stream=out, tty=False)
-    p.update(3)
+    p.update(1)
+    p.set(3)
     solves[0] = 27
     p.set_postfix(loss="0.5")
     assert _wait(lambda: p.lines >= 2)

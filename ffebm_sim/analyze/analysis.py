@@ -293,7 +293,7 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
         settle, settle_adc, energy, taus, msgs = [], [], [], [], []
         worst = None
         for b in range(B):
-            bar.done = k * B + b
+            bar.set(k * B + b)
             if ph.messages[b] or (ph is free and not np.isfinite(prev_x[b]).all()) or \
                     (ph is not free and free.messages[b]):
                 settle.append(None); settle_adc.append(None); energy.append(None); taus.append(None)
