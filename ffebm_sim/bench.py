@@ -270,6 +270,22 @@ def method_table(blocks: dict, batches: int) -> list[dict]:
 # ---- the whole run ----------------------------------------------------------------------------
 
 def run_solvers(quick: bool = False, log=lambda msg: None) -> dict:
+    """The solver benchmark; a progress line every few seconds names the step running (ffebm_sim.progress)."""
+    from .progress import Progress
+    bar = Progress(7 if quick else 9, "bench solvers", unit="steps")
+
+    def step(msg):
+        if bar.postfix:            # the step before this one is done
+            bar.update(1)
+        bar.set_postfix(now=msg)
+        log(msg)
+    try:
+        return _run_solvers(quick, step)
+    finally:
+        bar.close()
+
+
+def _run_solvers(quick: bool, log) -> dict:
     from .backends.ngspice import DEFAULT_CHUNK, NgspiceBackend
     from .backends.reference import ReferenceBackend
     from .model import build_model

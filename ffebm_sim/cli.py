@@ -237,6 +237,12 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
     given = {k for k, v in chosen if v is not None}
     if (workers > 1 or scheduler) and backend != "ngspice":
         raise SpecError("--workers/--scheduler: they spread ngspice solves; use them with --backend ngspice")
+    if scheduler is not None:
+        if workers > 1:
+            raise SpecError(f"--scheduler and --workers {workers}: give one of them; the Dask cluster's workers "
+                            f"do the solves with --scheduler, --workers N starts N local processes")
+        from .backends.dask_engine import check_scheduler_address
+        scheduler = check_scheduler_address(scheduler)
     options = {}
     if workers > 1:
         options["workers"] = workers
@@ -290,8 +296,21 @@ def main(argv=None) -> int:
     # not help them, and spinning OpenMP threads slowed the reference solver
     # 100x when other processes (ngspice workers) shared the cores (measured).
     torch.set_num_threads(1)
+    from .interrupt import Interrupted, signals_raise, stop_resource_tracker
+    from .progress import close_all
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name="ffebm", standalone_mode=False)
+        with signals_raise():
+            try:
+                cli.main(args=args, prog_name="ffebm", standalone_mode=False)
+            finally:
+                close_all()          # no progress line after the command's last word
+    except Interrupted as e:         # the command's finally blocks have stopped its workers
+        stop_resource_tracker()
+        resumable = "train" in args[:1] and "--out" in args
+        click.echo(f"ffebm: interrupted ({e.name})" + ("; finished epochs are kept, continue with --resume"
+                                                        if resumable else ""), err=True)
+        return e.exit_code
     except _Exit as e:
         return e.code
     except click.exceptions.Abort:

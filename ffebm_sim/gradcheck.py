@@ -14,6 +14,7 @@ import torch
 from .data import load_dataset
 from .errors import SpecError
 from .model import build_model
+from .progress import Progress
 
 #: The "Done when" thresholds of a passing gradient check.
 MIN_COSINE = 0.9999
@@ -73,10 +74,13 @@ def compare(estimate: dict, exact: dict) -> list[dict]:
 def gradcheck(spec, backend: str = "reference", beta_v: float | None = None, batch: int = 32, seed: int = 0,
               data: str | None = None, centered: bool = True, checkpoint=None) -> dict:
     """Per-tensor comparison; ``checkpoint`` checks at trained parameters (where the clamps conduct)."""
-    _, state, x, y, data_name = prepare(spec, backend, beta_v, batch, seed, data, checkpoint)
-    exact, loss, ref_model = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
-    estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed,
-                                         checkpoint=state)
+    probe, state, x, y, data_name = prepare(spec, backend, beta_v, batch, seed, data, checkpoint)
+    with Progress(2 * batch, f"gradcheck {probe.name} (implicit, then EP on {backend})") as bar:
+        exact, loss, ref_model = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
+        bar.update(batch)
+        estimate, _, model = model_gradients(spec, backend, "ep", x, y, beta_v=beta_v, centered=centered, seed=seed,
+                                             checkpoint=state)
+        bar.update(batch)
     rows = compare(estimate, exact)
     min_cos = min(r["cosine"] for r in rows)
     max_rel = max(r["rel_error"] for r in rows)
@@ -111,18 +115,21 @@ def _active_fractions(model, x) -> list[float]:
 def beta_sweep(spec, backend: str, betas, batch: int = 32, seed: int = 0, data: str | None = None,
                checkpoint=None) -> dict:
     """min cosine and max relative error against beta, centered and one-sided."""
-    _, state, x, y, _ = prepare(spec, backend, None, batch, seed, data, checkpoint)
-    exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
+    probe, state, x, y, _ = prepare(spec, backend, None, batch, seed, data, checkpoint)
     out = {"betas_v": list(map(float, betas))}
-    for mode, centered in (("centered", True), ("one_sided", False)):
-        cos, rel = [], []
-        for b in betas:
-            est, _, _ = model_gradients(spec, backend, "ep", x, y, beta_v=float(b), centered=centered, seed=seed,
-                                        checkpoint=state)
-            rows = compare(est, exact)
-            cos.append(min(r["cosine"] for r in rows))
-            rel.append(max(r["rel_error"] for r in rows))
-        out[mode] = {"min_cosine": cos, "max_rel_error": rel}
+    with Progress(batch * (1 + 2 * len(betas)), f"gradcheck {probe.name} beta sweep") as bar:
+        exact, _, _ = model_gradients(spec, "reference", "implicit", x, y, seed=seed, checkpoint=state)
+        bar.update(batch)
+        for mode, centered in (("centered", True), ("one_sided", False)):
+            cos, rel = [], []
+            for b in betas:
+                est, _, _ = model_gradients(spec, backend, "ep", x, y, beta_v=float(b), centered=centered, seed=seed,
+                                            checkpoint=state)
+                bar.update(batch)
+                rows = compare(est, exact)
+                cos.append(min(r["cosine"] for r in rows))
+                rel.append(max(r["rel_error"] for r in rows))
+            out[mode] = {"min_cosine": cos, "max_rel_error": rel}
     return out
 
 

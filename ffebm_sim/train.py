@@ -221,17 +221,21 @@ def evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int = EVAL_B
     and is left out of the mean loss."""
     was_training = model.training
     model.eval()
+    bar = _progress(len(x), f"evaluate {where}", solves=lambda: model.solver_stats()["solves"])
     try:
-        return _evaluate(model, x, y, batch, failures, where)
+        return _evaluate(model, x, y, batch, failures, where, bar)
     finally:
+        bar.close()
         model.train(was_training)
 
 
 def _evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int,
-              failures: FailurePolicy | None, where: str) -> tuple[float, float]:
+              failures: FailurePolicy | None, where: str, bar=None) -> tuple[float, float]:
     total, correct, counted = 0.0, 0, 0
     for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch], y[s:s + batch]
+        if bar is not None:
+            bar.set(s)
         if failures is None:
             out, rows = model(xb), torch.arange(len(xb))
         else:
@@ -249,11 +253,10 @@ def _evaluate(model: FFEBM, x: torch.Tensor, y: torch.Tensor, batch: int,
     return total / max(counted, 1), correct / len(x)
 
 
-def _progress(total: int, desc: str):
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return None
+def _progress(total: int, desc: str, solves=None):
+    """A tqdm bar on a terminal, else a plain line to stderr every few seconds (ffebm_sim.progress)."""
+    from .progress import Progress
+    return Progress(total, f"train {desc}", solves=solves)
 
 
 def _write_metrics(run: Path, metrics: list[dict]) -> None:
@@ -437,12 +440,14 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
                             "give more to extend it, or leave --epochs out")
     else:
         check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
-    data = load_dataset(config.data, config.data_dir)
-    check_training(config, data)         # before the backend starts workers or anything is written
-    backend = _backend(config)
+    backend = _backend(config)       # first: an unreachable scheduler is reported within seconds
     try:
+        data = load_dataset(config.data, config.data_dir)
+        check_training(config, data)         # before anything is written
         return _train(config, resume, log, stop_after_epoch, data, backend, latest)
     finally:
+        from .progress import close_all
+        close_all()                  # an epoch's progress lines end with the epoch, or here
         if hasattr(backend, "close"):
             backend.close()          # stops worker processes, if any
 
@@ -526,7 +531,7 @@ def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest,
         # Random digital modules (Dropout) draw from torch's global generator: seed it per epoch
         # too, so a resumed run draws the same masks as an uninterrupted one.
         torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000_000)
-        bar = _progress(n, f"epoch {epoch}/{config.epochs}")
+        bar = _progress(n, f"epoch {epoch}/{config.epochs}", solves=lambda: model.solver_stats()["solves"])
         run_loss, run_correct, seen = 0.0, 0, 0
         pulses = None
         if rules is not None:
@@ -627,4 +632,7 @@ def _backend(config: TrainConfig):
         # The training loop solves the Norton-reduced deck: the same node voltages
         # (tested) with the 2*n0 source nodes folded away.
         options.setdefault("reduced", True)
-    return get_backend(config.backend, **options)
+    backend = get_backend(config.backend, **options)
+    if options.get("scheduler"):
+        backend.start()           # connect now: an unreachable scheduler fails before the run directory
+    return backend

@@ -20,7 +20,7 @@ import itertools
 import numpy as np
 import torch
 
-from .backends import Nudge, ReferenceBackend
+from .backends import Equilibrium, Nudge, ReferenceBackend
 from .circuit import BlockCircuit, clamp_diode_voltage, output_conductance_s
 
 #: The agreement ``ffebm verify`` requires between any two solvers, volts.
@@ -57,17 +57,53 @@ def verify_block(circuit: BlockCircuit, samples: int = 20, nudge: bool = False, 
     per_phase = {}
     conducting = 0.0
     emitted = circuit.as_emitted()
-    for phase, nudge_elems in phases.items():
-        results = {name: s.solve(emitted, inputs, nudge_elems) for name, s in solvers.items()}
-        for name, eq in results.items():
-            failures += [f"{name} {phase} sample {b}: {m}" for b, m in enumerate(eq.messages) if m]
-        dv = di = 0.0
-        for (_, a), (_, b) in itertools.combinations(results.items(), 2):
-            dv = max(dv, float((a.node_voltages_v - b.node_voltages_v).abs().max()))
-            di = max(di, float((a.source_currents_a - b.source_currents_a).abs().max()))
-        per_phase[phase] = {"max_abs_dv_volts": dv, "max_abs_di_amps": di}
-        max_dv, max_di = max(max_dv, dv), max(max_di, di)
-        conducting = max(conducting, _conducting_fraction(emitted, results["reference"].node_voltages_v))
+    from .progress import Progress
+    bar = Progress(samples * len(phases) * len(solvers), f"verify {circuit.name}", unit="solves")
+    try:
+        for phase, nudge_elems in phases.items():
+            results = {name: _solve(s, emitted, inputs, nudge_elems, bar) for name, s in solvers.items()}
+            max_dv, max_di, conducting = _compare(phase, results, emitted, failures, per_phase, max_dv, max_di,
+                                                  conducting)
+    finally:
+        bar.close()
+    return _report(circuit, samples, phases, solvers, inputs, emitted, max_dv, max_di, per_phase, conducting,
+                   failures)
+
+
+def _solve(solver, circuit: BlockCircuit, inputs: torch.Tensor, nudge: Nudge | None, bar) -> Equilibrium:
+    """``solver.solve``; ngspice in pieces of its chunk (the same jobs it would run), so the
+    progress moves during a long solve of a large block."""
+    step = getattr(solver, "chunk", None) if solver.name == "ngspice" else None
+    B = inputs.shape[0]
+    if not step or B <= step:
+        eq = solver.solve(circuit, inputs, nudge)
+        bar.update(B)
+        return eq
+    parts = []
+    for s in range(0, B, step):
+        rows = list(range(s, min(s + step, B)))
+        parts.append(solver.solve(circuit, inputs[rows], None if nudge is None else nudge.rows(rows)))
+        bar.update(len(rows))
+    return Equilibrium(torch.cat([e.node_voltages_v for e in parts]), torch.cat([e.source_currents_a for e in parts]),
+                       torch.cat([e.converged for e in parts]), tuple(m for e in parts for m in e.messages),
+                       sum(e.iterations for e in parts))
+
+
+def _compare(phase, results, emitted, failures, per_phase, max_dv, max_di, conducting):
+    """Fold one phase's results into the running maxima (failures and per_phase are filled in)."""
+    for name, eq in results.items():
+        failures.extend(f"{name} {phase} sample {b}: {m}" for b, m in enumerate(eq.messages) if m)
+    dv = di = 0.0
+    for (_, a), (_, b) in itertools.combinations(results.items(), 2):
+        dv = max(dv, float((a.node_voltages_v - b.node_voltages_v).abs().max()))
+        di = max(di, float((a.source_currents_a - b.source_currents_a).abs().max()))
+    per_phase[phase] = {"max_abs_dv_volts": dv, "max_abs_di_amps": di}
+    max_dv, max_di = max(max_dv, dv), max(max_di, di)
+    conducting = max(conducting, _conducting_fraction(emitted, results["reference"].node_voltages_v))
+    return max_dv, max_di, conducting
+
+
+def _report(circuit, samples, phases, solvers, inputs, emitted, max_dv, max_di, per_phase, conducting, failures):
     report = {
         "block": circuit.name,
         "layers": list(circuit.layer_sizes),

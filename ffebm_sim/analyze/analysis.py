@@ -49,6 +49,7 @@ from ..model import FFEBM, build_model
 from ..validate import apply_checkpoint, check_model_data, check_model_memory
 from ..netlist import emit_deck
 from ..outputs import check_output_dir, dir_mode, user_error, write_marker
+from ..progress import Progress
 from ..spec import read_toml
 from . import figures
 from .power import element_powers
@@ -240,7 +241,10 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
     out_slice = circuit.layer_slice(circuit.depth)
     caps = node_capacitances(circuit, info.node_capacitance_f, info.wire_capacitance_f)
     t0 = time.perf_counter()
+    ops = Progress(B * (1 + (0 if not options.nudged else 2 if block.centered else 1)),
+                   f"analyze {name}: operating points", unit="samples")
     free = _phase("free", circuit, u)
+    ops.update(B)
     ref = ReferenceBackend(ideal_as_clip=False).solve(circuit, torch.from_numpy(u))
     ref_dv = float(np.nanmax(np.abs(ref.node_voltages_v.numpy() - free.x))) if ref.ok else float("nan")
     phases = [free]
@@ -257,12 +261,15 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
             for sign in signs:
                 phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
                                      g_nudge=sign * beta_s, targets=targets))
+                ops.update(B)
         elif "delta" in signals:
             delta = signals["delta"].numpy()
             beta = current_nudge_amplitudes(circuit, torch.from_numpy(delta), block.beta_v).numpy()
             for sign in signs:
                 phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
                                      currents=-sign * beta[:, None] * delta))
+                ops.update(B)
+    ops.close()
     log(f"{name}: operating points of {len(phases)} phase(s) x {B} samples in {time.perf_counter() - t0:.1f} s")
 
     # ---- settling ----
@@ -275,10 +282,12 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
         prev_x = operating_points(circuit, np.zeros_like(u)).node_voltages_v
     results = {}
     worst_waves = {}
-    for ph in phases:
+    bar = Progress(B * len(phases), f"analyze {name}: settling", unit="transients")
+    for k, ph in enumerate(phases):
         settle, settle_adc, energy, taus, msgs = [], [], [], [], []
         worst = None
         for b in range(B):
+            bar.set(k * B + b)
             if ph.messages[b] or (ph is free and not np.isfinite(prev_x[b]).all()) or \
                     (ph is not free and free.messages[b]):
                 settle.append(None); settle_adc.append(None); energy.append(None); taus.append(None)
@@ -311,6 +320,7 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
                 worst = (key, b, tr, band, final)
         results[ph.name] = {"settle": settle, "settle_adc": settle_adc, "energy": energy, "tau": taus, "messages": msgs}
         worst_waves[ph.name] = worst
+    bar.close()
     log(f"{name}: {sum(len(r['settle']) for r in results.values())} transients in {time.perf_counter() - t0:.1f} s")
 
     # ---- the summary of the block ----
@@ -511,6 +521,8 @@ def analyze_model(model_path, checkpoint, options: AnalyzeOptions, log=lambda m:
     n = min(options.samples, len(data.x_test))
     # block_signals solves every block for all n samples at once (reference solver)
     check_model_memory(model, n, "--samples", options.samples, "reference", "implicit")
+    if n < options.samples:
+        log(f"--samples {options.samples}: the {data_name} test split has {n} samples; using all {n}")
     idx = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(options.seed))[:n]
     x, y = data.x_test[idx], data.y_test[idx]
     signals = block_signals(model, x, y)

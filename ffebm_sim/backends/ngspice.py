@@ -536,6 +536,12 @@ class NgspiceBackend(Backend):
             raise SpecError(f"--workers: {workers!r}; an integer >= 1")
         if not (isinstance(chunk, int) and chunk >= 1):
             raise SpecError(f"chunk: {chunk!r}; an integer >= 1 (samples per ngspice job)")
+        if scheduler is not None and workers > 1:
+            raise SpecError(f"--scheduler and --workers {workers}: give one of them; the Dask cluster's "
+                            f"workers do the solves with --scheduler, --workers N starts N local processes")
+        if isinstance(scheduler, str):
+            from .dask_engine import check_scheduler_address
+            scheduler = check_scheduler_address(scheduler)          # a malformed address is bad input, now
         self.reduced, self.method, self.workers, self.scheduler = reduced, method, workers, scheduler
         self.chunk, self.measure = chunk, measure
         self.analysis_s = 0.0
@@ -557,6 +563,12 @@ class NgspiceBackend(Backend):
             else:
                 self._engine = LocalEngine()
         return self._engine
+
+    def start(self) -> "NgspiceBackend":
+        """Start the engine now (connect to the scheduler, start the workers) instead of on the first
+        solve, so an unreachable scheduler is reported before a run writes anything."""
+        self.engine
+        return self
 
     def close(self) -> None:
         """Stop worker processes (a pool) or disconnect from the cluster."""

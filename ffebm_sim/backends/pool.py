@@ -22,6 +22,15 @@ again. A job lost in two crashes is then run alone, so a job that kills its
 worker ``max_crashes`` (3) times is identified for certain, and
 :class:`WorkerCrashError` names it (its samples and deck) instead of looping.
 
+**Interrupts.** Workers ignore SIGINT (Ctrl-C in a terminal reaches the whole
+process group; the parent decides) and each watches its parent: when the parent
+is gone (killed, even with SIGKILL) the worker exits within about a second
+instead of living on under init. When the parent is interrupted (SIGINT,
+SIGTERM: :class:`~ffebm_sim.interrupt.Interrupted`, or ``KeyboardInterrupt``)
+while the pool starts or runs jobs, the engine terminates its workers at once
+(:meth:`PoolEngine.terminate`) rather than waiting for the jobs in flight, and
+re-raises; the next :meth:`PoolEngine.map` starts a new pool.
+
 **Fault injection** (tests, ``benchmarks/fault_injection.py``): when the
 environment variable ``FFEBM_FAULT_DIR`` names a directory, a worker about to
 run a job first claims one file ``once-*`` there (an atomic rename to
@@ -39,6 +48,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -54,7 +65,22 @@ class WorkerCrashError(RuntimeError):
     """A job killed its worker process ``max_crashes`` times; the message names the job."""
 
 
-def _start_worker() -> None:
+#: Seconds between a worker's checks that its parent is still there.
+PARENT_POLL_S = 0.5
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:       # reparented: the parent died without shutting us down
+            os._exit(0)
+
+
+def _start_worker(parent_pid: int | None = None) -> None:
+    # Ctrl-C goes to the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="ffebm-parent-watch", daemon=True).start()
     # one thread per worker for numpy/torch: the cores belong to the ngspice instances
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -121,28 +147,45 @@ class PoolEngine:
         self._executor = None
         self._start()
 
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(os.getpid(),))
+
     def _start(self) -> None:
-        self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker)
-        # start every worker now (spawn takes about a second) so timings see a warm pool
         try:
-            list(self._executor.map(_warm, range(self.workers)))
-        except BrokenProcessPool:      # a worker died while starting: try once more
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = ProcessPoolExecutor(max_workers=self.workers,
-                                                 mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_start_worker)
+            self._executor = self._new_executor()
+            # start every worker now (spawn takes about a second) so timings see a warm pool
+            try:
+                list(self._executor.map(_warm, range(self.workers)))
+            except BrokenProcessPool:      # a worker died while starting: try once more
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = self._new_executor()
+        except BaseException as e:
+            if not isinstance(e, Exception):         # interrupted: no worker may outlive us
+                self.terminate()
+            raise
 
     def _restart(self, why: str) -> None:
         self.restarts += 1
         log.warning("ngspice worker died (%s); starting a new pool (restart %d)", why, self.restarts)
         try:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
         except Exception:  # noqa: BLE001 - a broken pool may complain while shutting down
             pass
         self._start()
 
     def map(self, jobs: list[DeckJob]) -> list[JobResult]:
+        try:
+            if self._executor is None:               # terminated by an earlier interrupt
+                self._start()
+            return self._map(jobs)
+        except BaseException as e:
+            if not isinstance(e, Exception):         # SIGINT/SIGTERM: stop now, do not wait for the jobs
+                self.terminate()
+            raise
+
+    def _map(self, jobs: list[DeckJob]) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
         crashes = [0] * len(jobs)
         pending = list(range(len(jobs)))
@@ -195,8 +238,35 @@ class PoolEngine:
         """Restarts of the pool and jobs run again because a worker died."""
         return {"restarts": self.restarts, "lost_jobs": self.lost_jobs}
 
+    def terminate(self, grace_s: float = 2.0) -> None:
+        """Stop every worker now (SIGTERM, SIGKILL after ``grace_s``), jobs in flight or not."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        for p in processes:
+            try:
+                p.terminate()
+            except (OSError, ValueError, AttributeError):
+                pass
+        deadline = time.monotonic() + grace_s
+        for p in processes:
+            try:
+                p.join(max(0.0, deadline - time.monotonic()))
+                if p.is_alive():
+                    p.kill()
+                    p.join(1.0)
+            except (OSError, ValueError, AssertionError, AttributeError):
+                pass
+        try:
+            executor.shutdown(wait=True, cancel_futures=True)
+        except Exception:  # noqa: BLE001 - the pool is broken on purpose
+            pass
+
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
 
 def _warm(_: int) -> int:
