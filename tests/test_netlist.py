@@ -23,7 +23,11 @@ def test_every_example_spec_has_golden_decks():
     names = {p.stem for p in block_specs()}
     assert {"block_small", "block_single", "block_ideal", "block_pwl"} <= names
     from ffebm_sim.examples import model_specs
-    assert len(GOLDEN) >= 2 * len(names) + 2 * len(model_specs())
+    stems = [p.name for p in GOLDEN]
+    for stem in names:                                  # physical and reduced
+        assert {f"{stem}.cir", f"{stem}_reduced.cir"} <= set(stems), stem
+    for spec in model_specs():                          # every energy block
+        assert f"{spec.stem}_block1.cir" in stems, spec.name
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN), ids=lambda p: p.name)
