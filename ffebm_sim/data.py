@@ -33,6 +33,20 @@ IDX_FILES = {
 
 
 @dataclass(frozen=True)
+class DatasetShape:
+    """What a data set holds, known before loading it (loading mnist-5k takes seconds)."""
+
+    name: str
+    n_features: int
+    n_classes: int = N_CLASSES
+
+
+#: The bundled data sets' shapes: a model that cannot take one is refused before it is
+#: loaded. (The full MNIST is what its IDX files say: checked once they are read.)
+DATASET_SHAPES = {"digits": DatasetShape("digits", 64), "mnist-5k": DatasetShape("mnist-5k", 784)}
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     x_train: torch.Tensor

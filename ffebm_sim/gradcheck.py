@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import load_dataset
+from .data import DATASET_SHAPES, load_dataset
 from .errors import SpecError
 from .model import build_model
 from .progress import Progress
@@ -36,6 +36,8 @@ def prepare(spec, backend: str = "reference", beta_v: float | None = None, batch
         for block in probe.energy_blocks:
             check_beta(beta_v, block.template, "--beta", hint=f"the spec gives {block.beta_v!r} V")
     name = data or ("mnist-5k" if probe.input_size == 784 else "digits")
+    if name in DATASET_SHAPES:
+        check_model_data(probe, DATASET_SHAPES[name], str(spec))      # before seconds of loading
     ds = load_dataset(name)
     check_model_data(probe, ds, str(spec))
     n = len(ds.x_train)

@@ -52,7 +52,7 @@ import torch
 
 from .blocks import EnergyBlock
 from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
-from .data import DATASETS, load_dataset
+from .data import DATASET_SHAPES, DATASETS, load_dataset
 from .errors import SpecError, plain
 from .failures import ON_FAILURE, FailurePolicy, RunStopped
 from .model import FFEBM, build_model
@@ -442,8 +442,12 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
         check_output_dir(run, "--out", "train", inputs=(config.model, config.data_dir))
     backend = _backend(config)       # first: an unreachable scheduler is reported within seconds
     try:
+        probe = build_model(config.model, backend="reference", gradient=config.gradient, seed=config.seed)
+        from .validate import check_model_data
+        if config.data in DATASET_SHAPES:
+            check_model_data(probe, DATASET_SHAPES[config.data], config.model)     # before seconds of loading
         data = load_dataset(config.data, config.data_dir)
-        check_training(config, data)         # before anything is written
+        check_training(config, data, probe)      # before anything is written
         return _train(config, resume, log, stop_after_epoch, data, backend, latest)
     finally:
         from .progress import close_all
@@ -452,12 +456,13 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
             backend.close()          # stops worker processes, if any
 
 
-def check_training(config: TrainConfig, data) -> None:
+def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> None:
     """The model spec against the options and the data, before the run starts (see
     :mod:`ffebm_sim.validate`): input size and classes, ``--beta`` inside each block's
     linear regime, and the memory of the dense solver structures at the batch sizes."""
     from .validate import check_beta, check_model_data, check_model_memory
-    probe = build_model(config.model, backend="reference", gradient=config.gradient, seed=config.seed)
+    if probe is None:
+        probe = build_model(config.model, backend="reference", gradient=config.gradient, seed=config.seed)
     check_model_data(probe, data, config.model)
     if config.beta_v is not None:
         for block in probe.energy_blocks:
