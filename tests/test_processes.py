@@ -191,8 +191,12 @@ def _train_cmd(tiny, out, *extra):
 def test_signal_stops_every_process_with_one_line_and_the_run_resumes(tiny, tmp_path, sig, to_group):
     out = tmp_path / "run"
     env = {**os.environ, "FFEBM_PROGRESS_INTERVAL": "0.2"}
+    # As from a terminal: SIGINT at its default, whatever this test run inherited (a job started
+    # in the background by a non-interactive shell ignores SIGINT, and ffebm keeps an ignored
+    # signal ignored, as nohup expects).
     proc = subprocess.Popen(_train_cmd(tiny, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = _Lines(proc.stderr)
     try:
         assert err.wait_for(_solving, proc, 120), "training did not start solving:\n" + "\n".join(err.lines)
