@@ -270,6 +270,7 @@ def test_disk_full_names_the_checkpoint_and_leaves_no_lone_checksum(capsys, tmp_
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setenv("FFEBM_PROGRESS_INTERVAL", "0")   # the error line alone, however slow the machine
     run = tmp_path / "run"
     code, err = run_cli(capsys, "train", tiny, "--out", run, "--epochs", 2, "--batch-size", 64)
     err = [line for line in err if line.startswith("ffebm:")]
