@@ -1,6 +1,7 @@
 """Training on pulsed devices: ideal updates vs analog SGD, mixed precision, Tiki-Taka and SHD.
 
-The digits ff-EBM (``circuits/digits_ffebm.toml``) trained with EP on the
+The digits ff-EBM flagship of 2026-11 (``benchmarks/results/specs/digits_ffebm_linear.toml``:
+a digital Linear in front of each one-layer energy block) trained with EP on the
 reference backend (the ngspice backend gives the same gradients; its training
 path is exercised by ``tests/test_train_devices.py``). Digital blocks keep Adam
 (the spec's lr); each energy block's conductances are updated by a device rule
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
-MODEL = ROOT / "circuits" / "digits_ffebm.toml"
+MODEL = ROOT / "benchmarks" / "results" / "specs" / "digits_ffebm_linear.toml"
 LR_DIGITAL = 1e-2                   # the spec's Adam lr of the digital blocks
 BATCH = 32
 

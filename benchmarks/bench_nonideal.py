@@ -1,6 +1,6 @@
 """Circuit non-idealities against training: how much accuracy they cost, and how much training in the loop recovers.
 
-On digits with ``circuits/digits_ffebm.toml`` (energy blocks: single resistive
+On digits with ``benchmarks/results/specs/digits_ffebm_linear.toml`` (the flagship of 2026-11; energy blocks: single resistive
 layers 32->32 and 16->10 with clamped outputs, input gain 4 V/unit, conductances
 up to 1 mS):
 
@@ -50,7 +50,7 @@ from ffebm_sim.train import TrainConfig, config_with_spec_defaults, evaluate, tr
 RESULTS = ROOT / "benchmarks" / "results"
 SPECS = RESULTS / "nonideal_specs"
 RUNS = ROOT / "build" / "bench_nonideal"
-BASE_SPEC = ROOT / "circuits" / "digits_ffebm.toml"
+BASE_SPEC = ROOT / "benchmarks" / "results" / "specs" / "digits_ffebm_linear.toml"
 
 #: Ohms per line segment between neighbouring cross-points. A line segment of a
 #: dense array at 10-20 nm half-pitch (copper with its size-effect resistivity,
@@ -110,8 +110,8 @@ def derived_spec(name: str, options: dict) -> Path:
             lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines)
     text = re.sub(r"^\[blocks\.circuit\]$", insert, text, flags=re.M)
-    text = text.replace('name = "digits_ffebm"', f'name = "digits_ffebm_{name.replace("+", "_")}"', 1)
-    header = (f"# Derived by benchmarks/bench_nonideal.py from circuits/digits_ffebm.toml: scenario '{name}'\n"
+    text = text.replace('name = "digits_ffebm_linear"', f'name = "digits_ffebm_{name.replace("+", "_")}"', 1)
+    header = (f"# Derived by benchmarks/bench_nonideal.py from benchmarks/results/specs/digits_ffebm_linear.toml: scenario '{name}'\n"
               f"# options in each energy block's [blocks.circuit]: {json.dumps(options)}\n")
     path = SPECS / f"digits_{name.replace('+', '_')}.toml"
     path.write_text(header + text)
@@ -201,7 +201,7 @@ def main() -> None:
 
     result = {
         "machine": machine(),
-        "data": "digits", "model": "circuits/digits_ffebm.toml", "epochs": args.epochs,
+        "data": "digits", "model": "benchmarks/results/specs/digits_ffebm_linear.toml", "epochs": args.epochs,
         "wire_resistance_ohm": WIRE_OHM, "mismatch": MISMATCH, "hot_c": HOT_C,
         "ideal_training": {"test_accuracy": ideal_summary["test_accuracy"], "cpu_seconds": ideal_summary["cpu_seconds"],
                            "seconds": ideal_summary["seconds"]},

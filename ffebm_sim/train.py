@@ -66,7 +66,7 @@ DEFAULT_UPDATE = "sgd"
 # Step of a device update rule (weight units per unit dL/dw) when --lr-analog is not given with
 # --device. A pulse rule's lr multiplies the gradient (requested dG = -lr * dL/dw * unit): it sets
 # how many pulses a gradient asks for, so it is not Adam's step size. Tuned on
-# circuits/digits_ffebm.toml (benchmarks/bench_devices.py, the same 4-run grid per rule, chosen by
+# benchmarks/results/specs/digits_ffebm_linear.toml (benchmarks/bench_devices.py, the same 4-run grid per rule, chosen by
 # training loss): ideal/sgd and reram/*. Presets not tuned take the rule's reram value: in
 # expectation SGD's update does not depend on the device's step, and the two-array rules' lr
 # (the fast array's drive) is relative to the same range.

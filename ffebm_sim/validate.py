@@ -34,7 +34,7 @@ voltage over which the block's elements stop being linear. For a junction that
 is ``N * Vt`` (25.9 mV at 27 C for N = 1: the current changes e-fold); for
 blocks without junctions (linear, ideal clip, pwl tables) it is a tenth of the
 input gain (the volts a unit input drives). Measured with ``ffebm gradcheck``
-on ``circuits/digits_ffebm.toml`` (batch 16): max relative error 2.6e-6 at the
+on ``benchmarks/results/specs/digits_ffebm_linear.toml`` (batch 16): max relative error 2.6e-6 at the
 spec default 1e-3 V, 2.6e-4 at 1e-2 V, 2.6e-2 (FAIL) at 0.1 V, 0.95 at 4 V;
 the bound there is 25.9 mV.
 """

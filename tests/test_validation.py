@@ -79,9 +79,8 @@ def test_huge_layers_are_refused_before_allocating(tmp_path):
 
 
 def test_huge_digital_block_is_sized_before_it_is_built(tmp_path):
-    spec = digits_variant(tmp_path, "args = { in_features = 64, out_features = 32 }",
-                          "args = { in_features = 64, out_features = 2000000000 }")
-    with pytest.raises(SpecError, match=r"^blocks\[0\]\.args: .* needs about .* GiB"):
+    spec = digits_variant(tmp_path, "args = { num_features = 64 }", "args = { num_features = 2000000000 }")
+    with pytest.raises(SpecError, match=r"^blocks\[1\]\.args: .* needs about .* GiB"):
         build_model(spec)
 
 
@@ -149,7 +148,7 @@ def test_labels_load_only_inside_0_to_9(tmp_path, labels):
 
 
 def test_model_with_nine_outputs_on_digits(tmp_path, capsys):
-    spec = digits_variant(tmp_path, "layers = [16, 10]", "layers = [16, 9]")
+    spec = digits_variant(tmp_path, "layers = [64, 10]", "layers = [64, 9]")
     out = tmp_path / "run"
     line = run(capsys, "train", spec, "--out", out, "--epochs", "1")
     assert "digits has 10 classes" in line and "9 outputs" in line
@@ -189,7 +188,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys, command):
     ckpt = _checkpoint(tmp_path, MNIST)
     args = [str(tmp_path / "d.cir") if a == "DECK" else a for a in command]
     line = run(capsys, args[0], DIGITS, *args[1:], "--checkpoint", ckpt)
-    assert "is not a checkpoint of model 'digits_ffebm'" in line and "lacks 'layers.0.weight'" in line
+    assert "is not a checkpoint of model 'digits_ffebm'" in line and "lacks 'layers.0.weights.0'" in line
     assert not (tmp_path / "d.cir").exists()
 
 
@@ -197,17 +196,17 @@ def test_checkpoint_with_a_wrong_shape(tmp_path, capsys):
     import torch
 
     def grow(model, state):
-        state["layers.0.weight"] = torch.zeros(33, 64, dtype=torch.float64)
+        state["layers.0.weights.0"] = torch.zeros(129, 64, dtype=torch.float64)
     ckpt = _checkpoint(tmp_path, DIGITS, grow)
     line = run(capsys, "gradcheck", DIGITS, "--checkpoint", ckpt)
-    assert "'layers.0.weight' has shape (33, 64), the spec gives (32, 64)" in line
+    assert "'layers.0.weights.0' has shape (129, 64), the spec gives (128, 64)" in line
 
 
 # ---- item 9: accepted though wrong -------------------------------------------------------------
 
 def test_g_min_above_g_max(tmp_path, capsys):
     spec = digits_variant(tmp_path, "g_min = 0.0                 # S", "g_min = 2e-3")
-    with pytest.raises(SpecError, match=r"^blocks\[1\]\.g_min: 0\.002 is not below blocks\[1\]\.g_max = 0\.001"):
+    with pytest.raises(SpecError, match=r"^blocks\[0\]\.g_min: 0\.002 is not below blocks\[0\]\.g_max = 0\.001"):
         build_model(spec)
     out = tmp_path / "run"
     run(capsys, "train", spec, "--out", out)
@@ -216,13 +215,13 @@ def test_g_min_above_g_max(tmp_path, capsys):
 
 def test_negative_g_min(tmp_path):
     spec = digits_variant(tmp_path, "g_min = 0.0                 # S", "g_min = -1e-4")
-    with pytest.raises(SpecError, match=r"^blocks\[1\]\.g_min: -0\.0001 is negative"):
+    with pytest.raises(SpecError, match=r"^blocks\[0\]\.g_min: -0\.0001 is negative"):
         build_model(spec)
 
 
 def _huge_conductance(model, state):
     block = model.energy_blocks[0]
-    state["layers.1.weights.0"][3, 4] = 1e5 / block.conductance_unit_s
+    state["layers.0.weights.0"][3, 4] = 1e5 / block.conductance_unit_s
 
 
 @pytest.mark.parametrize("command", [
@@ -235,7 +234,7 @@ def test_checkpoint_conductance_outside_g_max_is_refused(tmp_path, capsys, comma
     line = run(capsys, args[0], DIGITS, *args[1:], "--checkpoint", ckpt)
     assert ("energy block 1 ('digits_e1') weights.0 holds 100000.0 S at [3, 4], outside the block's "
             "g_min..g_max [0.0, 0.001] S; refused, not clipped") in line
-    assert "blocks[1].g_min/g_max" in line
+    assert "blocks[0].g_min/g_max" in line
     assert files(tmp_path) == {Path("ckpt"), Path("ckpt/epoch_0001.pt"), Path("ckpt/epoch_0001.sha256")}
 
 
@@ -280,7 +279,7 @@ def test_beta_outside_the_linear_regime(tmp_path, capsys):
 
 def test_spec_beta_outside_the_linear_regime(tmp_path):
     spec = digits_variant(tmp_path, "beta = 1e-3                 # EP nudge amplitude, V", "beta = 0.5")
-    with pytest.raises(SpecError, match=r"^blocks\[1\]\.beta: 0\.5 V is outside EP's linear regime"):
+    with pytest.raises(SpecError, match=r"^blocks\[0\]\.beta: 0\.5 V is outside EP's linear regime"):
         build_model(spec)
 
 
