@@ -1,19 +1,26 @@
-"""Accuracy and time of ff-EBM training, and the paper's block-splitting result.
+"""Does the analog part learn? Trained vs frozen conductances vs digital twin, and the paper's splitting result.
 
 Writes ``benchmarks/results/training.{json,md}`` (results merge across runs, so
-data sets can be measured separately):
+models and parts can be measured separately):
 
-* **methods**: the example model trained with EP through ngspice, EP through the
-  torch reference, the exact implicit gradient (reference), and a digital-only
-  network of the same shape (every resistive layer a ``Linear``; clamped layers
-  followed by ``Hardtanh``) trained by backprop;
-* **splitting**: a resistive network of fixed total depth (three resistive
-  layers after an input ``Linear``) as 1, 2 or 3 energy blocks with digital
-  ``Linear`` layers between them, trained with EP (reference backend).
+* **ablations** (per model: the two flagships and the two fully analog DRNs):
+  EP with ngspice in the loop, EP with the torch reference (the two
+  trajectories are compared epoch by epoch), the same model with its
+  conductances frozen at their initial values (``--freeze-analog``), and a
+  digital-only twin of the same shape (every resistive layer a ``Linear``,
+  clamped layers followed by ``Hardtanh``) trained by backprop. Each row records
+  its trainable analog and digital parameter counts.
+* **splitting**: one deep resistive network (four hidden layers between the 64
+  pixels and the 10 classes) trained as 1, 2 or 4 energy blocks with digital
+  ``BatchNorm1d`` glue between blocks (a per-node gain and offset, what an
+  ADC/DAC stage does), widths chosen so every split has the same conductance
+  count within 3 % (each block's inputs are differential pairs of sources, so a
+  block boundary doubles the next crossbar's rows).
 
 Usage::
 
-    python benchmarks/bench_training.py --data digits [--part methods|splitting] [--epochs E]
+    python benchmarks/bench_training.py --part ablations --model digits_ffebm [--epochs E]
+    python benchmarks/bench_training.py --part splitting [--epochs E] [--ngspice-blocks 2]
 """
 
 from __future__ import annotations
@@ -37,7 +44,13 @@ from ffebm_sim.train import TrainConfig, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPECS = RESULTS / "specs"
-MODELS = {"digits": ROOT / "circuits" / "digits_ffebm.toml", "mnist-5k": ROOT / "circuits" / "mnist_ffebm.toml"}
+#: model name -> (spec, data set): the flagships and the fully analog DRNs
+MODELS = {"digits_ffebm": (ROOT / "circuits" / "digits_ffebm.toml", "digits"),
+          "mnist_ffebm": (ROOT / "circuits" / "mnist_ffebm.toml", "mnist-5k"),
+          "drn_digits": (ROOT / "circuits" / "drn_digits.toml", "digits"),
+          "drn_mnist": (ROOT / "circuits" / "drn_mnist.toml", "mnist-5k")}
+#: the splitting plans: number of energy blocks -> hidden width (conductance counts 7488, 7366, 7644)
+SPLIT_WIDTHS = {1: 32, 2: 29, 4: 26}
 
 
 def _toml(value) -> str:
@@ -93,58 +106,112 @@ def digital_twin(spec: dict) -> dict:
     return out
 
 
-def split_specs(base: dict, n_in: int, width: int, n_out: int) -> dict[int, dict]:
-    """Three resistive layers after an input Linear, as 1, 2 or 3 energy blocks."""
+def split_plan(n_blocks: int, width: int, n_in: int = 64, n_out: int = 10) -> list[list[int]]:
+    """Four hidden resistive layers between ``n_in`` inputs and ``n_out`` classes, cut into blocks."""
+    w = width
+    return {1: [[n_in, w, w, w, w, n_out]],
+            2: [[n_in, w, w], [w, w, w, n_out]],
+            4: [[n_in, w], [w, w], [w, w], [w, w, n_out]]}[n_blocks]
+
+
+def conductance_count(plan: list[list[int]]) -> int:
+    """Conductances of a chain of energy blocks: each block's inputs are differential pairs (2 sources each)."""
+    return sum(2 * s[0] * s[1] + sum(a * b for a, b in zip(s[1:], s[2:])) for s in plan)
+
+
+def split_spec(base: dict, n_blocks: int, amplifier_gain: float | None = None) -> dict:
+    """The deep network as ``n_blocks`` energy blocks with BatchNorm1d glue, from the digits flagship's
+    first energy block (nonlinearity, conductance range, beta); the first block takes the pixels at its
+    input gain, later ones the normalised signals at 1 V per unit."""
     template = next(b for b in base["blocks"] if b["type"] == "energy")
-
-    def energy(sizes, seed, last):
+    plan = split_plan(n_blocks, SPLIT_WIDTHS[n_blocks])
+    blocks = []
+    for k, sizes in enumerate(plan):
+        last = k == len(plan) - 1
+        if k:
+            blocks.append({"type": "BatchNorm1d", "args": {"num_features": sizes[0]}})
         b = copy.deepcopy(template)
-        # the last block's output voltages are the logits (scaled by loss.logit_scale), as in the examples
         b["output_gain"] = 1.0 if last else template.get("output_gain", 1.0)
-        b["circuit"] = {**copy.deepcopy(template["circuit"]), "layers": sizes, "output": "clamped",
-                        "name": f"split_e{seed}"}
-        b["circuit"]["conductances"] = {**b["circuit"]["conductances"], "seed": 100 + seed}
-        return b
-
-    def linear(i, o):
-        return {"type": "Linear", "args": {"in_features": i, "out_features": o}}
-
-    plans = {1: [[width, width, width, n_out]],
-             2: [[width, width, width], [width, n_out]],
-             3: [[width, width], [width, width], [width, n_out]]}
-    specs = {}
-    for n, plan in plans.items():
-        blocks = [linear(n_in, width)]
-        for k, sizes in enumerate(plan):
-            if k:
-                blocks.append(linear(width, width))
-            blocks.append(energy(sizes, k, last=k == len(plan) - 1))
-        specs[n] = {**{k: v for k, v in base.items() if k != "blocks"}, "name": f"split{n}", "blocks": blocks}
-    return specs
+        c = {**copy.deepcopy(template["circuit"]), "layers": sizes, "output": "clamped", "name": f"split{n_blocks}_e{k + 1}"}
+        c["input_gain"] = template["circuit"]["input_gain"] if k == 0 else 1.0
+        c["conductances"] = {**c["conductances"], "seed": 100 + 10 * n_blocks + k}
+        if amplifier_gain is not None and len(sizes) > 2:
+            c["amplifier_gain"] = [amplifier_gain] * (len(sizes) - 2)
+        b["circuit"] = c
+        blocks.append(b)
+    suffix = f"_amp{amplifier_gain:g}" if amplifier_gain is not None else ""
+    return {**{k: v for k, v in base.items() if k != "blocks"}, "name": f"split{n_blocks}{suffix}", "blocks": blocks}
 
 
-def run(name: str, spec: dict | Path, data: str, backend: str, gradient: str, epochs: int | None, options=None,
-        lr: float | None = None) -> dict:
+def _epochs(run_dir: Path) -> list[dict]:
+    """Per-epoch test accuracy and train loss from a run's metrics.csv."""
+    import csv
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{"epoch": int(r["epoch"]), "test_accuracy": float(r["test_accuracy"]),
+                 "train_loss": float(r["train_loss"])} for r in csv.DictReader(f)]
+
+
+def run(name: str, spec: dict | Path, data: str, backend: str = "reference", epochs: int | None = None,
+        **overrides) -> dict:
+    """Train one configuration; the row records its command, accuracies, time, epochs and parameter counts."""
     SPECS.mkdir(parents=True, exist_ok=True)
     if isinstance(spec, dict):
         path = SPECS / f"{name}.toml"
         path.write_text(_toml(spec))
     else:
-        path = spec
+        path = Path(spec)
     training = read_toml(path).get("training", {})
-    out = ROOT / "build" / "bench_training" / f"{data}_{name}_{backend}_{gradient}"
+    tag = "_".join([name, backend] + [k for k, v in overrides.items() if v is True])
+    out = ROOT / "build" / "bench_training" / f"{data}_{tag}"
     if out.exists():
         import shutil
         shutil.rmtree(out)
-    overrides = {**({"epochs": epochs} if epochs else {}), **({"lr": lr} if lr else {})}
-    cfg = TrainConfig(model=str(path), out=str(out), data=data, backend=backend, gradient=gradient,
-                      backend_options=options or {}, **{**training, **overrides})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {**training, **({"epochs": epochs} if epochs else {}), **overrides}
+    cfg = TrainConfig(model=str(path), out=str(out), data=data, backend=backend, **settings)
     t0 = time.perf_counter()
-    s = train(cfg, log=lambda m: print(f"  [{name} {backend} {gradient}] {m}", flush=True))
-    return {"name": name, "data": data, "backend": backend, "gradient": gradient, "epochs": s["epochs"],
-            "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"], "lr": cfg.lr,
+    s = train(cfg, log=lambda m: print(f"  [{tag}] {m}", flush=True))
+    flags = " ".join(f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is True)
+    rel = path.relative_to(ROOT)
+    return {"name": name, "data": data, "backend": backend, "epochs": s["epochs"],
+            "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
             "seconds": time.perf_counter() - t0, "solves": s["solver_stats"]["solves"],
-            "failures": s["solver_stats"]["failures"], "spec": str(path.relative_to(ROOT))}
+            "failures": s["solver_stats"]["failures"], "spec": str(rel),
+            "analog_parameters": s.get("analog_parameters"), "digital_parameters": s.get("digital_parameters"),
+            "per_epoch": _epochs(out),
+            "command": f"ffebm train {rel} --data {data} --backend {backend}"
+                       + (f" --epochs {epochs}" if epochs else "") + (f" {flags}" if flags else "")}
+
+
+def ablations(name: str, epochs: int | None, workers: int) -> list[dict]:
+    """Trained with ngspice and with the reference, frozen conductances, digital twin: one model."""
+    spec_path, data = MODELS[name]
+    options = {"backend_options": {"workers": workers}} if workers > 1 else {}
+    rows = []
+    for label, spec, backend, extra in (
+            ("EP, ngspice in the loop", spec_path, "ngspice", options),
+            ("EP, reference", spec_path, "reference", {}),
+            ("conductances frozen", spec_path, "reference", {"freeze_analog": True}),
+            ("digital twin, backprop", digital_twin(read_toml(spec_path)), "reference", {})):
+        r = run(name if not isinstance(spec, dict) else spec["name"], spec, data, backend, epochs, **extra)
+        r.update(label=label, model=name)
+        rows.append(r)
+    return rows
+
+
+def trajectory_gap(a: dict, b: dict) -> dict:
+    """How far two runs' per-epoch figures are apart (ngspice vs reference)."""
+    pairs = list(zip(a["per_epoch"], b["per_epoch"]))
+    return {"epochs": len(pairs),
+            "max_test_accuracy_gap_points": max(100 * abs(x["test_accuracy"] - y["test_accuracy"]) for x, y in pairs),
+            "max_train_loss_gap": max(abs(x["train_loss"] - y["train_loss"]) for x, y in pairs)}
+
+
+def _pct(r: dict) -> str:
+    a, d = r.get("analog_parameters"), r.get("digital_parameters")
+    if a is None or d is None:
+        return "?"
+    return f"{a} / {d} ({100 * a / max(a + d, 1):.1f} %)"
 
 
 def write(results: dict) -> None:
@@ -153,72 +220,88 @@ def write(results: dict) -> None:
     m = results["machine"]
     lines = ["# Training benchmark (`benchmarks/bench_training.py`)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM; {m['ngspice']}, torch {m['torch']}. "
-             "Load averages at start are in training.json (other work on the machine slows the times).", "",
-             "## Methods: the same ff-EBM trained four ways", "",
-             "| data | method | backend | epochs | test acc | train acc | seconds | solves |", "|---|---|---|---|---|---|---|---|"]
-    for r in results.get("methods", []):
-        lines.append(f"| {r['data']} | {r['label']} | {r['backend']} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | "
-                     f"{100 * r['train_accuracy']:.2f}% | {r['seconds']:.0f} | {r['solves']} |")
-    lines += ["", "## Splitting: three resistive layers as 1, 2 or 3 energy blocks (EP, reference backend)", "",
-              "| data | energy blocks | epochs | lr (digital) | test acc | train acc | seconds |",
-              "|---|---|---|---|---|---|---|"]
+             "Seed 0. Other work shared the two cores during these runs: compare accuracies, not seconds.", "",
+             "## Does the analog part learn? Trained, conductances frozen, digital twin", "",
+             "Parameters: trainable analog (conductances) / digital, analog share. Frozen = "
+             "`--freeze-analog`: the conductances keep their initial values, the digital blocks train.", "",
+             "| model | data | run | backend | epochs | test acc | train acc | parameters (analog / digital) | seconds | command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results.get("ablations", []):
+        lines.append(f"| {r['model']} | {r['data']} | {r['label']} | {r['backend']} | {r['epochs']} | "
+                     f"{100 * r['test_accuracy']:.2f}% | {100 * r['train_accuracy']:.2f}% | {_pct(r)} | "
+                     f"{r['seconds']:.0f} | `{r['command']}` |")
+    lines += ["", "### ngspice in the loop vs the torch reference, epoch by epoch", "",
+              "| model | epochs | max test-accuracy gap (points) | max train-loss gap |", "|---|---|---|---|"]
+    for name, g in results.get("trajectories", {}).items():
+        lines.append(f"| {name} | {g['epochs']} | {g['max_test_accuracy_gap_points']:.2f} | {g['max_train_loss_gap']:.1e} |")
+    lines += ["", "## Splitting: one deep resistive network as 1, 2 or 4 energy blocks", "",
+              "Four hidden resistive layers between the 64 pixels and the 10 classes, BatchNorm1d between blocks; "
+              "widths chosen so that the conductance counts agree within 3 %.", "",
+              "| blocks | layers per block | amplifiers | conductances | backend | epochs | test acc | train acc | seconds | command |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.get("splitting", []):
-        lines.append(f"| {r['data']} | {r['blocks']} | {r['epochs']} | {r.get('lr', 'spec')} | "
-                     f"{100 * r['test_accuracy']:.2f}% | {100 * r['train_accuracy']:.2f}% | {r['seconds']:.0f} |")
-    lines += ["", "## Notes", "",
-              "* Times were measured while other jobs shared the two cores (load 2-8); compare accuracies, "
-              "not seconds, across rows. In a quiet run a digits epoch took 4 s (reference EP) and 7 s "
-              "(ngspice EP) on 2026-11-23.",
-              "* mnist-5k: the example model has a digital convolutional front end "
-              "(`circuits/mnist_ffebm.toml`). Its earlier fully connected front end (784-64, 2026-11-23, "
-              "5 epochs) stopped at 91.0 % and so did its digital twin (91.1 %): the limit was generalising "
-              "from 4000 images, not EP or ngspice.",
-              "* Splitting on digits runs at lr 3e-3 for every split (`--lr 3e-3`): at the digits spec's 1e-2 "
-              "the three-block chain (three digital linear layers, two output gains of 10) diverged (31 %, "
-              "training accuracy 30 %, 2026-11-23). The mnist-5k splitting rows are from 2026-11-23 (lr 1e-3, "
-              "5 epochs, fully connected front end)."]
-    lines += ["", "Specs of the derived models are in `benchmarks/results/specs/`. "
-              "Reproduce: `python benchmarks/bench_training.py --data digits --part methods`, "
-              "`--data digits --part splitting --epochs 10 --lr 3e-3`, `--data mnist-5k --part methods`."]
+        lines.append(f"| {r['blocks']} | {r['plan']} | {r.get('amplifier_gain') or '-'} | {r['conductances']} | "
+                     f"{r['backend']} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | "
+                     f"{100 * r['train_accuracy']:.2f}% | {r['seconds']:.0f} | `{r['command']}` |")
+    notes = results.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"* {n}" for n in notes]
+    history = results.get("history_linear_flagship")
+    if history:
+        lines += ["", "## Earlier flagship (2026-11-23): a digital Linear in front of each one-layer energy block", "",
+                  "`benchmarks/results/specs/digits_ffebm_linear.toml` and the mnist model of that date; freezing "
+                  "every conductance cost 0.0 (digits) and 0.4 (mnist-5k) points there.", "",
+                  "| data | method | backend | epochs | test acc | train acc | seconds |", "|---|---|---|---|---|---|---|"]
+        for r in history:
+            lines.append(f"| {r['data']} | {r['label']} | {r['backend']} | {r['epochs']} | "
+                         f"{100 * r['test_accuracy']:.2f}% | {100 * r['train_accuracy']:.2f}% | {r['seconds']:.0f} |")
+    lines += ["", "Specs of the derived models (twins, splits) are in `benchmarks/results/specs/`. Reproduce a part: "
+              "`python benchmarks/bench_training.py --part ablations --model digits_ffebm`, "
+              "`--part splitting --ngspice-blocks 2`."]
     (RESULTS / "training.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", choices=list(MODELS), default="digits")
-    p.add_argument("--part", choices=["methods", "splitting", "all"], default="all")
+    p.add_argument("--part", choices=["ablations", "splitting"], required=True)
+    p.add_argument("--model", choices=list(MODELS), action="append",
+                   help="ablations: the models to run (repeatable; default all four)")
     p.add_argument("--epochs", type=int, default=None, help="override the specs' [training] epochs")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None, help="splitting part: override the spec's digital lr")
+    p.add_argument("--workers", type=int, default=1, help="ngspice workers")
+    p.add_argument("--amplifier-gain", type=float, default=None,
+                   help="splitting: also run the 1-block network with this gain between its layers")
+    p.add_argument("--ngspice-blocks", type=int, action="append", default=[],
+                   help="splitting: also train this split with ngspice in the loop (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(1)
     path = RESULTS / "training.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    if "methods" in results:                         # the 2026-11-23 layout: keep its rows as history
+        results["history_linear_flagship"] = results.pop("methods")
+        results.pop("splitting", None)
     results["machine"] = machine()
-    spec = read_toml(MODELS[args.data])
-    if args.part in ("methods", "all"):
-        rows = [r for r in results.get("methods", []) if r["data"] != args.data]
-        options = {"workers": args.workers} if args.workers > 1 else {}
-        for label, backend, gradient, model in (
-                ("EP", "ngspice", "ep", MODELS[args.data]),
-                ("EP", "reference", "ep", MODELS[args.data]),
-                ("implicit (exact gradient)", "reference", "implicit", MODELS[args.data]),
-                ("digital-only, backprop", "reference", "ep", digital_twin(spec))):
-            name = Path(MODELS[args.data]).stem if not isinstance(model, dict) else model["name"]
-            r = run(name, model, args.data, backend, gradient, args.epochs,
-                    options if backend == "ngspice" else None)
-            r["label"] = label
-            rows.append(r)
-            results["methods"] = rows
+    if args.part == "ablations":
+        for name in args.model or list(MODELS):
+            rows = ablations(name, args.epochs, args.workers)
+            results["ablations"] = [r for r in results.get("ablations", []) if r["model"] != name] + rows
+            results.setdefault("trajectories", {})[name] = trajectory_gap(rows[0], rows[1])
             write(results)
-    if args.part in ("splitting", "all"):
-        rows = [r for r in results.get("splitting", []) if r["data"] != args.data]
-        n_in = spec["input_size"]
-        for n, s in split_specs(spec, n_in, 32, 10).items():
-            r = run(f"{args.data}_split{n}", s, args.data, "reference", "ep", args.epochs, lr=args.lr)
-            r["blocks"] = n
+    else:
+        base = read_toml(MODELS["digits_ffebm"][0])
+        runs = [(n, None, "reference") for n in SPLIT_WIDTHS]
+        runs += [(n, None, "ngspice") for n in args.ngspice_blocks]
+        if args.amplifier_gain is not None:
+            runs.append((1, args.amplifier_gain, "reference"))
+        rows = [r for r in results.get("splitting", [])
+                if (r["blocks"], r.get("amplifier_gain"), r["backend"]) not in set(runs)]
+        for n, gain, backend in runs:
+            spec = split_spec(base, n, gain)
+            r = run(spec["name"], spec, "digits", backend, args.epochs)
+            plan = split_plan(n, SPLIT_WIDTHS[n])
+            r.update(blocks=n, plan=" + ".join(str(s) for s in plan), conductances=conductance_count(plan),
+                     amplifier_gain=gain)
             rows.append(r)
-            results["splitting"] = rows
+            results["splitting"] = sorted(rows, key=lambda r: (r["blocks"], r["backend"], r.get("amplifier_gain") or 0))
             write(results)
 
 

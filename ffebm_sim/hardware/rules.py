@@ -51,14 +51,16 @@ class UpdateStats:
 
     pulses_up: int = 0
     pulses_down: int = 0
+
+    @property
+    def pulses(self) -> int:
+        """Pulses sent to the weight devices, both directions."""
+        return self.pulses_up + self.pulses_down
+
     fast_pulses: int = 0
     capped: int = 0
     reads: int = 0
     transfers: int = 0
-
-    @property
-    def pulses(self) -> int:
-        return self.pulses_up + self.pulses_down
 
     def count(self, n: torch.Tensor) -> None:
         self.pulses_up += int(n.clamp(min=0).sum())
