@@ -171,9 +171,9 @@ def test_weighted_cocontent_gradient_is_the_row_scaled_kcl():
     x = torch.from_numpy(np.random.default_rng(7).uniform(-0.6, 0.6, (3, c.n_free))).requires_grad_(True)
     e = _energy(net, net.hessian_matrix, net.weighted(b), x).sum()
     (grad,) = torch.autograd.grad(e, x)
-    bias = None if not c.has_bias else ([torch.from_numpy(p) for p in c.bias_pos], [torch.from_numpy(n) for n in c.bias_neg])
+    bias = None if not c.has_bias else ([torch.tensor(np.array(p)) for p in c.bias_pos], [torch.tensor(np.array(n)) for n in c.bias_neg])
     f, _, _ = _nonlinear(net, x.detach())
-    r = kcl_residual(c, [torch.from_numpy(g) for g in c.conductances], *(bias or (None, None)), x.detach(), v_src) + f
+    r = kcl_residual(c, [torch.tensor(np.array(g)) for g in c.conductances], *(bias or (None, None)), x.detach(), v_src) + f
     np.testing.assert_allclose(grad.numpy(), net.weighted(r).numpy(), rtol=1e-12, atol=1e-18)
     # and the physical KCL is not symmetric: W is needed
     assert float((net.laplacian - net.laplacian.T).abs().max()) > 1e-5
