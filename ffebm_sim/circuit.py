@@ -13,7 +13,12 @@ Hardware view (layers 0..m, layer 0 the input, layer m the output):
 * hidden nodes carry a nonlinearity (see :class:`Nonlinearity`); the output
   layer is linear unless ``output`` says otherwise;
 * each output node can be nudged: a current source (``nudge="current"``) or a
-  conductance to a target voltage (``nudge="resistive"``, MSE cost).
+  conductance to a target voltage (``nudge="resistive"``, MSE cost);
+* optional **amplifiers** between consecutive free layers (``amplifier_gains``,
+  one gain ``A_k`` per boundary after layer ``k = 1..m-1``; 1.0 = a plain wire):
+  node ``j`` of layer ``k`` drives crossbar ``k+1`` through the two-port of
+  :mod:`ffebm_sim.amplifier` (forward VCVS ``v(a<k>_<j>) = A_k * v(n<k>_<j>)``,
+  backward CCCS drawing ``i_out / A_k`` out of ``n<k>_<j>``); see docs/amplifier.md.
 
 Optional non-idealities (defaults: none): ``wire_resistance_ohm`` lays every
 layer out as a crossbar with resistive lines, ``mismatch`` (a seeded
@@ -268,6 +273,10 @@ class BlockCircuit:
         mismatch: a seeded :class:`Mismatch`; its per-element factors are
             resolved at construction (``conductance_factors``, ``bias_factors``,
             ``diode_factors``).
+        amplifier_gains: ``None`` (no amplifier) or one voltage gain (V/V) per
+            boundary between free layers ``k`` and ``k+1``, ``k = 1..m-1``; a gain
+            of exactly 1.0 is a plain wire (no amplifier written). Not with wire
+            resistance.
     """
 
     layer_sizes: tuple[int, ...]
@@ -284,6 +293,7 @@ class BlockCircuit:
     wire_resistance_ohm: float = 0.0
     temperature_c: float = NOMINAL_TEMPERATURE_C
     mismatch: Mismatch | None = None
+    amplifier_gains: tuple[float, ...] | None = None
 
     def __post_init__(self):
         sizes = self.layer_sizes
@@ -344,6 +354,7 @@ class BlockCircuit:
                             "IS(T) (its temperature factor over/underflows); keep temperature = 27 or use kind double/single")
         if self.mismatch is not None and not isinstance(self.mismatch, Mismatch):
             raise SpecError(f"mismatch: expected a Mismatch or None, got {type(self.mismatch).__name__}")
+        object.__setattr__(self, "amplifier_gains", _check_gains(self.amplifier_gains, len(sizes) - 1, wire))
 
     # ---- derived structure -------------------------------------------------
 
@@ -381,6 +392,41 @@ class BlockCircuit:
     @property
     def has_ideal(self) -> bool:
         return any(nl is not None and nl.kind == "ideal" for nl in (*self.hidden, self.output))
+
+    # ---- amplifiers (see ffebm_sim.amplifier) -------------------------------
+
+    @property
+    def has_amplifiers(self) -> bool:
+        return self.amplifier_gains is not None
+
+    def amplifier_gain(self, k: int) -> float:
+        """Voltage gain (V/V) of the amplifiers after layer k (1..m-1); 1.0 where there is none."""
+        if self.amplifier_gains is None or not 1 <= k < self.depth:
+            return 1.0
+        return self.amplifier_gains[k - 1]
+
+    def amplified_layers(self) -> list[int]:
+        """The layers k whose nodes drive crossbar k+1 through an amplifier (gain != 1)."""
+        return [k for k in range(1, self.depth) if self.amplifier_gain(k) != 1.0]
+
+    def drive_gain(self, k: int) -> float:
+        """The gain between the driving layer of crossbar k (1..m) and its rows: the
+        crossbar sees ``drive_gain(k) * v`` (1.0 for k = 1, the input sources)."""
+        return self.amplifier_gain(k - 1) if k >= 2 else 1.0
+
+    def domain_weights(self) -> np.ndarray:
+        """``w_k`` (layers 1..m): the weight of layer k's domain in the energy
+        ``E_w = sum_d w_d E_d``, ``w_k = prod over the amplifiers upstream of layer k of 1/A**2``
+        (1 for the layers before the first amplifier). Scaling the KCL rows of layer k
+        by ``w_k`` makes the amplified block's Jacobian symmetric (docs/amplifier.md)."""
+        w = np.ones(self.depth)
+        for k in range(2, self.depth + 1):
+            w[k - 1] = w[k - 2] / self.drive_gain(k) ** 2
+        return w
+
+    def node_weights(self) -> np.ndarray:
+        """:meth:`domain_weights` per free node, ``(n_free,)``."""
+        return np.repeat(self.domain_weights(), self.layer_sizes[1:])
 
     # ---- non-idealities ------------------------------------------------------
 
@@ -484,6 +530,39 @@ class BlockCircuit:
         return replace(self, hidden=tuple(emitted(h) for h in self.hidden), output=emitted(self.output))
 
 
+#: The amplifier gains a block accepts (V/V). Outside, the domain weights
+#: ``prod 1/A**2`` of a few stages leave float64's comfortable range, and no
+#: resistive stage needs more than a thousandfold gain.
+AMPLIFIER_GAIN_RANGE = (1e-3, 1e3)
+
+
+def _check_gains(gains, depth: int, wire_ohm: float) -> tuple[float, ...] | None:
+    """The validated ``amplifier_gains`` (``None`` when absent or every gain is 1.0)."""
+    if gains is None:
+        return None
+    lo, hi = AMPLIFIER_GAIN_RANGE
+    allowed = (f"one voltage gain (V/V) per boundary between free layers (after layers 1..{depth - 1}), "
+               f"each in {lo:g}..{hi:g}, 1.0 = a plain wire")
+    if isinstance(gains, (str, bytes)) or not hasattr(gains, "__len__"):
+        raise SpecError(f"amplifier_gain: {gains!r} is not a list of gains; {allowed}")
+    if len(gains) != depth - 1:
+        raise SpecError(f"amplifier_gain: {len(gains)} gains for {depth - 1} layer boundaries; {allowed}")
+    out = []
+    for k, g in enumerate(gains, start=1):
+        if isinstance(g, bool):
+            raise SpecError(f"amplifier_gain[{k - 1}] (after layer {k}): expected a number, got {g!r}; {allowed}")
+        g = _finite(f"amplifier_gain[{k - 1}] (after layer {k})", g, allowed)
+        if not lo <= g <= hi:
+            raise SpecError(f"amplifier_gain[{k - 1}] (after layer {k}): {g!r} is outside {lo:g}..{hi:g}; {allowed}")
+        out.append(g)
+    if all(g == 1.0 for g in out):
+        return None
+    if wire_ohm > 0:
+        raise SpecError("amplifier_gain: amplifiers are not modelled with wire_resistance > 0 (the crossbar "
+                        "reduction has no amplifier stage); use one of the two")
+    return tuple(out)
+
+
 # ---- the input sources, written once -----------------------------------------
 
 def source_voltages(circuit: BlockCircuit, inputs):
@@ -534,6 +613,27 @@ def row_node_name(k: int, i: int, j: int) -> str:
 def column_node_name(k: int, i: int, j: int) -> str:
     """Crossbar of layer k: the column line of node j at cross-point (row) i."""
     return f"c{k}_{i}_{j}"
+
+
+def amplifier_node_name(k: int, j: int) -> str:
+    """The amplifier after node j of layer k: its output node, which drives crossbar k+1."""
+    return f"a{k}_{j}"
+
+
+def amplifier_source_node_name(k: int, j: int) -> str:
+    """The amplifier's VCVS terminal, joined to its output node by the zero-volt current sense."""
+    return f"ae{k}_{j}"
+
+
+def amplifier_sense_name(k: int, j: int) -> str:
+    """The zero-volt source through which the amplifier's output current ``i_out`` flows
+    (from the VCVS into crossbar k+1); its SPICE branch current is ``i_out``."""
+    return f"va{k}_{j}"
+
+
+def amplifier_output_node_names(circuit: BlockCircuit) -> list[str]:
+    """Every amplifier output node, layer by layer (the layers of :meth:`BlockCircuit.amplified_layers`)."""
+    return [amplifier_node_name(k, j) for k in circuit.amplified_layers() for j in range(circuit.layer_sizes[k])]
 
 
 def free_node_names(circuit: BlockCircuit) -> list[str]:

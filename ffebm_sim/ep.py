@@ -38,10 +38,23 @@ from the terminal (free-node and source) voltages of either backend, the
 crossbar's internal nodes being linear. Source partials stay the currents the
 sources deliver.
 
+**Amplifiers** (``ffebm_sim.amplifier``, docs/amplifier.md). The equilibrium
+minimises the weighted co-content ``E_w = sum_d w_d E_d`` (``w_d``:
+``BlockCircuit.domain_weights``), and the current nudge at the output enters it
+as ``w_out * beta * L``; EP therefore differentiates ``E_w / w_out``: every
+partial of a parameter in domain ``d`` is scaled by ``w_d / w_out``, and the drop
+across a device of crossbar ``k+1`` after an amplifier of gain ``A`` is
+``A*x_k - x_{k+1}`` (the amplifier's output node drives it). The input sources
+sit in the first domain (``w = 1``): their partials are the delivered currents
+over ``w_out``. The same holds for the resistive nudge (its cost term lives in
+the output domain).
+
 **Implicit gradient** (the reference, "BP" for this circuit): at the
-equilibrium the KCL residual ``r(x, theta) = 0``; with ``J = dr/dx`` (symmetric)
-and the adjoint ``lambda = J^{-1} dL/dx``, ``dL/dtheta = -lambda^T dr/dtheta``.
-Nodes held at an ideal clip's bound do not move (``lambda = 0`` there).
+equilibrium the KCL residual ``r(x, theta) = 0``; with ``J = dr/dx`` and the
+adjoint ``lambda = J^{-T} dL/dx``, ``dL/dtheta = -lambda^T dr/dtheta``. ``J`` is
+symmetric without amplifiers; with them it is not (``W J`` is), and the
+transposed system is solved. Nodes held at an ideal clip's bound do not move
+(``lambda = 0`` there).
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ import numpy as np
 import torch
 
 from .backends.base import Backend, Equilibrium, Nudge, source_voltages
+from .amplifier import back_current, drive_voltage
 from .backends.reference import DTYPE, _nonlinear, build_network, crossbar_drops
 from .circuit import BlockCircuit, output_conductance_s
 
@@ -143,8 +157,17 @@ def resistive_nudge_conductance_s(circuit: BlockCircuit, output_v: torch.Tensor,
     return beta_v * output_conductance_s(circuit) / max(err, 1e-12)
 
 
+def ep_energy_scales(circuit: BlockCircuit) -> np.ndarray:
+    """``w_k / w_out`` per layer k (1..m): the factor on the energy partials of layer k's
+    domain (crossbar k, layer k's bias) in the energy ``E_w / w_out`` EP differentiates.
+    All ones without amplifiers."""
+    w = circuit.domain_weights()
+    return w / w[-1]
+
+
 def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium):
-    """Per-sample dE/dtheta at an equilibrium: (factor times) voltage drops squared / 2, and source currents."""
+    """Per-sample dE/dtheta at an equilibrium: (factor times) voltage drops squared / 2, and source
+    currents; with amplifiers, of ``E_w / w_out`` (each times :func:`ep_energy_scales`)."""
     x = eq.node_voltages_v
     v_src = source_voltages(circuit, inputs)
     m = circuit.depth
@@ -158,7 +181,10 @@ def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium
             d_bn = [0.5 * drops[k][:, -1, :] ** 2 for k in range(m)]
     else:
         layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, m + 1)]
-        d_g = [0.5 * (layers[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, m + 1)]
+        # what drives crossbar k: layer k-1, or its amplifiers' outputs A*x_{k-1}
+        drives = [layers[0]] + [drive_voltage(layers[k - 1], circuit.drive_gain(k)) if circuit.drive_gain(k) != 1.0
+                                else layers[k - 1] for k in range(2, m + 1)]
+        d_g = [0.5 * (drives[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, m + 1)]
         if circuit.has_bias:
             vb = circuit.bias_voltage_v
             d_bp = [0.5 * (layers[k] - vb) ** 2 for k in range(1, m + 1)]
@@ -169,7 +195,15 @@ def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium
             f = [circuit.bias_factors(k) for k in range(1, m + 1)]
             d_bp = [d * torch.tensor(fk[0]) for d, fk in zip(d_bp, f)]
             d_bn = [d * torch.tensor(fk[1]) for d, fk in zip(d_bn, f)]
-    return d_g, d_bp, d_bn, eq.source_currents_a
+    src = eq.source_currents_a
+    if circuit.has_amplifiers:
+        scale = [float(s) for s in ep_energy_scales(circuit)]
+        d_g = [d * s for d, s in zip(d_g, scale)]
+        if circuit.has_bias:
+            d_bp = [d * s for d, s in zip(d_bp, scale)]
+            d_bn = [d * s for d, s in zip(d_bn, scale)]
+        src = src * scale[0]
+    return d_g, d_bp, d_bn, src
 
 
 def _check(eq: Equilibrium, circuit: BlockCircuit, phase: str, inputs, nudge: Nudge, rows) -> None:
@@ -257,16 +291,20 @@ def kcl_residual(circuit: BlockCircuit, conductances, bias_pos, bias_neg, x: tor
                  v_src: torch.Tensor) -> torch.Tensor:
     """The linear (parameter-dependent) part of the KCL residual, differentiable in every argument.
 
-    Current leaving each free node through resistors and bias conductances (A);
-    the nonlinear elements do not depend on the parameters and are left out.
+    Current leaving each free node through resistors, amplifier inputs (the CCCS
+    draws ``i_out/A``) and bias conductances (A); the nonlinear elements do not
+    depend on the parameters and are left out.
     """
     layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
     r = [torch.zeros_like(layers[k]) for k in range(circuit.depth + 1)]
     for k in range(1, circuit.depth + 1):
         g = conductances[k - 1]
-        r[k] = r[k] + layers[k] * g.sum(0) - layers[k - 1] @ g
+        gain = circuit.drive_gain(k)
+        drive = layers[k - 1] if gain == 1.0 else drive_voltage(layers[k - 1], gain)
+        r[k] = r[k] + layers[k] * g.sum(0) - drive @ g
         if k >= 2:
-            r[k - 1] = r[k - 1] + layers[k - 1] * g.sum(1) - layers[k] @ g.T
+            i_out = drive * g.sum(1) - layers[k] @ g.T       # into crossbar k from layer k-1 (or its amplifiers)
+            r[k - 1] = r[k - 1] + (i_out if gain == 1.0 else back_current(i_out, gain))
     if bias_pos is not None:
         vb = circuit.bias_voltage_v
         for k in range(1, circuit.depth + 1):
@@ -290,6 +328,8 @@ def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equili
         keep = (~held).to(DTYPE)
         J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
         g = g * keep
+    if circuit.has_amplifiers:
+        J = J.transpose(-1, -2)          # the adjoint system J^T lambda = dL/dx (J is unsymmetric)
     lam = torch.linalg.solve(J, g.unsqueeze(-1)).squeeze(-1)
     if circuit.has_wires:
         return _implicit_crossbar(circuit, inputs, x, lam, net)

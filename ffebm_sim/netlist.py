@@ -32,6 +32,14 @@ ideal circuits are unchanged:
   reduction is not exact with resistive lines, so ``reduced=True`` writes the
   physical deck (and says so in its header).
 
+Amplifiers between layers (``BlockCircuit.amplifier_gains``; see
+``ffebm_sim.amplifier`` and docs/amplifier.md), after node ``j`` of layer ``k``
+with gain ``A``: the VCVS ``EA<k>_<j> ae<k>_<j> 0 n<k>_<j> 0 A``, the zero-volt
+current sense ``VA<k>_<j> ae<k>_<j> a<k>_<j> DC 0`` (its branch current is the
+current ``i_out`` delivered into crossbar k+1, whose resistors hang on
+``a<k>_<j>``) and the CCCS ``FA<k>_<j> n<k>_<j> 0 VA<k>_<j> 1/A``, which draws
+``i_out/A`` out of ``n<k>_<j>``. Reduced decks keep them (only layer 1 is reduced).
+
 Element names (a backend alters them, so they are written once here):
 ``vxp<i>``/``vxm<i>`` input sources, ``in1_<j>`` Norton currents (reduced),
 ``inudge<j>`` nudge currents, ``vy<j>`` resistive-nudge targets.
@@ -44,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .circuit import (BlockCircuit, Nonlinearity, column_node_name, node_name, row_node_name, source_names,
+from .circuit import (BlockCircuit, Nonlinearity, amplifier_node_name, amplifier_sense_name,
+                      amplifier_source_node_name, column_node_name, node_name, row_node_name, source_names,
                       source_node_names, source_voltages)
 from .devices import DEFAULT_EG_EV, DEFAULT_XTI, NOMINAL_TEMPERATURE_C
 from .devices import DiodeModel
@@ -177,6 +186,10 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
     ]
     if command:
         out.append(f"* regenerate: {command}")
+    if circuit.has_amplifiers:
+        stages = ", ".join(f"{num(circuit.amplifier_gain(k))} V/V after layer {k}" for k in circuit.amplified_layers())
+        out.append(f"* amplifiers: {stages}; bidirectional (forward VCVS E, backward CCCS F of gain 1/A), "
+                   "see docs/amplifier.md")
     out += _nonideal_header(circuit, reduced_requested)
     temp = "27" if circuit.temperature_c == NOMINAL_TEMPERATURE_C else num(circuit.temperature_c)
     out += ["", "* ---- analysis options: tight tolerances, junction GMIN and temperature the reference solver models ----",
@@ -211,11 +224,16 @@ def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, cont
         if wires:
             body += _crossbar_cards(circuit, k, g)
             continue
-        body.append(f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]} ----")
+        gain = circuit.drive_gain(k)
+        if gain != 1.0:
+            body += _amplifier_cards(k - 1, sizes[k - 1], gain) + [""]
+        driver = amplifier_node_name if gain != 1.0 else node_name
+        via = f", driven by the amplifier outputs a{k - 1}_<i>" if gain != 1.0 else ""
+        body.append(f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]}{via} ----")
         for i in range(sizes[k - 1]):
             for j in range(sizes[k]):
                 if g[i, j] > 0:
-                    body.append(f"R{k}_{i}_{j} {node_name(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
+                    body.append(f"R{k}_{i}_{j} {driver(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
     if circuit.has_bias:
         vb = circuit.bias_voltage_v
         bias_pos, bias_neg = circuit.actual_bias()
@@ -309,6 +327,18 @@ def _crossbar_cards(circuit: BlockCircuit, k: int, g: np.ndarray) -> list[str]:
         for j in range(cols):
             if g[i, j] > 0:
                 lines.append(f"{names[i].format(j=j)} {row_node_name(k, i, j)} {column_node_name(k, i, j)} {num(1.0 / g[i, j])}")
+    return lines
+
+
+def _amplifier_cards(k: int, n: int, gain: float) -> list[str]:
+    """The amplifiers after the n nodes of layer k (see the module docstring)."""
+    lines = [f"* ---- amplifiers after layer {k}: v(a{k}_<j>) = {num(gain)} * v(n{k}_<j>) (E), output current "
+             f"sensed by VA{k}_<j>, 1/{num(gain)} of it drawn out of n{k}_<j> (F) ----"]
+    for j in range(n):
+        x, a, e, sense = node_name(k, j), amplifier_node_name(k, j), amplifier_source_node_name(k, j), \
+            amplifier_sense_name(k, j).upper()
+        lines += [f"EA{k}_{j} {e} 0 {x} 0 {num(gain)}", f"{sense} {e} {a} DC 0",
+                  f"FA{k}_{j} {x} 0 {sense} {num(1.0 / gain)}"]
     return lines
 
 

@@ -8,6 +8,8 @@ A block spec (see ``circuits/block_small.toml`` for a commented example)::
     output = "linear"          # "linear", "clamped" (same as hidden) or a table like [nonlinearity]
     nudge = "current"          # or "resistive"
     gmin = 1e-12               # S, ngspice's junction GMIN
+    amplifier_gain = [1.0, 10.0]   # V/V per boundary after layers 1..m-1 (1.0 = wire), or one
+                               # number for every boundary; absent = no amplifier (docs/amplifier.md)
 
     [nonlinearity]             # every hidden layer; [[nonlinearity]] gives one per layer
     kind = "double"            # double | single | ideal | pwl
@@ -52,7 +54,7 @@ from .errors import SpecError
 from .validate import check_memory, conductance_parts
 
 BLOCK_KEYS = {"name", "layers", "input_gain", "output", "nudge", "gmin", "nonlinearity", "conductances", "bias",
-              "wire_resistance", "temperature", "mismatch"}
+              "wire_resistance", "temperature", "mismatch", "amplifier_gain"}
 MISMATCH_KEYS = {"conductance_sigma", "is_sigma", "n_sigma", "seed"}
 NONLINEARITY_KEYS = {"kind", "v_off", "diode", "table"}
 CONDUCTANCE_KEYS = {"low", "high", "seed", "file"}
@@ -225,7 +227,25 @@ def block_from_dict(spec: dict, base_dir: str | Path = ".", default_name: str = 
     gmin = _number("gmin", spec.get("gmin", 1e-12), "GMIN in siemens, >= 0")
     gain = _number("input_gain", spec.get("input_gain", 1.0), "volts per unit input")
     nudge = spec.get("nudge", "current")
+    gains = _amplifier_gains(spec.get("amplifier_gain"), depth)
     return BlockCircuit(tuple(layers), tuple(conductances), hidden, output, gain, bias_voltage,
                         None if bias_pos is None else tuple(bias_pos),
                         None if bias_neg is None else tuple(bias_neg), gmin, nudge, name,
-                        wire_resistance_ohm=wire, temperature_c=temperature, mismatch=mismatch)
+                        wire_resistance_ohm=wire, temperature_c=temperature, mismatch=mismatch,
+                        amplifier_gains=gains)
+
+
+def _amplifier_gains(raw: Any, depth: int) -> tuple[float, ...] | None:
+    """``amplifier_gain``: absent, one number for every boundary, or a list with one per boundary
+    (checked against the layers by :class:`BlockCircuit`, which names what is allowed)."""
+    if raw is None:
+        return None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if depth < 2:
+            raise SpecError(f"amplifier_gain: {raw!r} but the block has no hidden layer, so no boundary "
+                            "between layers to amplify; remove it or add a hidden layer")
+        return (float(raw),) * (depth - 1)
+    if not isinstance(raw, list):
+        raise SpecError(f"amplifier_gain: {raw!r}; one number (V/V) for every boundary between layers, "
+                        "or a list with one per boundary, 1.0 = a plain wire")
+    return tuple(raw)

@@ -9,6 +9,8 @@
 * ``ngspice-reduced``: libngspice on the Norton-reduced deck;
 
 and reports the largest node-voltage difference over every pair. For blocks
+with amplifiers the amplifier output nodes ``a<k>_<j>`` count too: ngspice's
+voltages there against the reference's ``A * x``. For blocks
 with ``ideal`` layers it also reports how far the hard clip (the reference's
 ideal-diode limit) is from the emitted steep junctions.
 """
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 
 from .backends import Equilibrium, Nudge, ReferenceBackend
-from .circuit import BlockCircuit, clamp_diode_voltage, output_conductance_s
+from .amplifier import port_quantities
+from .circuit import BlockCircuit, amplifier_output_node_names, clamp_diode_voltage, output_conductance_s
 
 #: The agreement ``ffebm verify`` requires between any two solvers, volts.
 AGREEMENT_TOLERANCE_V = 1e-9
@@ -64,6 +67,10 @@ def verify_block(circuit: BlockCircuit, samples: int = 20, nudge: bool = False, 
             results = {name: _solve(s, emitted, inputs, nudge_elems, bar) for name, s in solvers.items()}
             max_dv, max_di, conducting = _compare(phase, results, emitted, failures, per_phase, max_dv, max_di,
                                                   conducting)
+            if emitted.has_amplifiers and include_ngspice:
+                dv = _amplifier_outputs_dv(solvers, emitted, inputs, nudge_elems, results["reference"], failures)
+                per_phase[phase]["max_abs_amplifier_dv_volts"] = dv
+                max_dv = max(max_dv, dv)
     finally:
         bar.close()
     return _report(circuit, samples, phases, solvers, inputs, emitted, max_dv, max_di, per_phase, conducting,
@@ -101,6 +108,25 @@ def _compare(phase, results, emitted, failures, per_phase, max_dv, max_di, condu
     max_dv, max_di = max(max_dv, dv), max(max_di, di)
     conducting = max(conducting, _conducting_fraction(emitted, results["reference"].node_voltages_v))
     return max_dv, max_di, conducting
+
+
+def _amplifier_outputs_dv(solvers, circuit: BlockCircuit, inputs, nudge, reference: Equilibrium, failures) -> float:
+    """Largest difference (V) between ngspice's amplifier output nodes ``a<k>_<j>`` and the
+    reference's ``A * x`` (the reference eliminates those nodes), over the ngspice solvers."""
+    from dataclasses import replace
+    from .backends.ngspice import run_job
+    names = tuple(amplifier_output_node_names(circuit))
+    want = torch.cat([v_out for *_, v_out, _ in port_quantities(circuit, reference.node_voltages_v)], 1)
+    dv = 0.0
+    for name, solver in solvers.items():
+        if name == "reference":
+            continue
+        jobs, _ = solver.jobs(circuit, inputs, nudge)
+        results = [run_job(replace(job, vectors=names)) for job in jobs]
+        failures.extend(f"{name} amplifier outputs: {m}" for r in results for m in r.messages if m)
+        got = torch.from_numpy(np.concatenate([r.values for r in results]))
+        dv = max(dv, float((got - want).abs().max()))
+    return dv
 
 
 def _report(circuit, samples, phases, solvers, inputs, emitted, max_dv, max_di, per_phase, conducting, failures):

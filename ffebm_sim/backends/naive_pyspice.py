@@ -30,6 +30,8 @@ def naive_solve(circuit: BlockCircuit, u: np.ndarray, nudge_currents_a: np.ndarr
     from PySpice.Spice.Netlist import Circuit
 
     c = circuit.as_emitted()
+    if c.has_amplifiers:
+        raise ValueError("naive PySpice baseline: amplifiers between layers are not supported (the benchmark blocks have none)")
     sizes, m, n0 = c.layer_sizes, c.depth, c.n_inputs
     v_src = source_voltages(c, np.asarray(u, dtype=np.float64))
     net = Circuit(c.name)

@@ -16,7 +16,18 @@ every free node is
 ``r`` is the gradient of the convex energy (co-content)
 ``E(x) = x^T L x / 2 - b^T x + sum C(x)``; the operating point is its unique
 minimiser. Newton steps ``J dx = -r`` with ``J = L + diag(f'(x))`` are
-safeguarded by a backtracking (Armijo) line search on ``E``. The ``ideal``
+safeguarded by a backtracking (Armijo) line search on ``E``.
+
+**Amplifiers** (``ffebm_sim.amplifier``) between layers k and k+1 make ``L``
+unsymmetric: the amplifier output nodes are eliminated (``v(a) = A x_k``), so
+crossbar k+1 contributes ``diag(G.sum(1))`` and ``-G/A`` to layer k's rows (the
+CCCS draws ``i_out/A``) and ``diag(G.sum(0))``, ``-A G^T`` to layer k+1's. The
+rows scaled by the domain weights ``w`` (``BlockCircuit.node_weights``) are
+symmetric: ``W r`` is the gradient of the weighted co-content
+``E_w = x^T (W L) x / 2 - (W b)^T x + sum w_i C_i(x)``, convex, whose minimiser
+is the same operating point. Newton solves ``(W J) dx = -W r`` (Cholesky) and
+line-searches on ``E_w``; convergence is judged on the physical currents ``r``.
+Without amplifiers ``W = I`` and nothing changes. The ``ideal``
 nonlinearity is the hard clip ``-v_off <= x <= v_off`` (no junction at all),
 handled by projected Newton: nodes at a bound whose gradient points outward
 are held there.
@@ -34,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..amplifier import back_current, drive_voltage
 from ..circuit import BlockCircuit, clamp_diode_voltage, clamp_node_current, free_node_names
 from ..devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
                        pwl_current_and_conductance)
@@ -63,7 +75,7 @@ class _PwlGroup:
 class _Network:
     """The linear algebra of one circuit, independent of the batch."""
 
-    laplacian: torch.Tensor            # (N, N)
+    laplacian: torch.Tensor            # (N, N) the KCL matrix: r = x @ laplacian.T - b + f (symmetric without amplifiers)
     g_in: torch.Tensor                 # (2*n0, n1)
     bias_current: torch.Tensor         # (N,) pushed in by the bias rails
     out_slice: slice
@@ -77,6 +89,18 @@ class _Network:
     src_self: torch.Tensor | None = None       # (2*n0, 2*n0): source currents = v_src @ src_self
     src_const: torch.Tensor | None = None      # (2*n0,)        + src_const (bias rails)
     crossbars: tuple = ()                       # per layer: :class:`Crossbar`
+    # With amplifiers: the domain weight of every free node and the symmetric W L.
+    weights: torch.Tensor | None = None         # (N,), None = all 1
+    energy_matrix: torch.Tensor | None = None   # (N, N) W L, None = laplacian
+
+    @property
+    def hessian_matrix(self) -> torch.Tensor:
+        """``W L`` (symmetric): the quadratic part of the weighted co-content ``E_w``."""
+        return self.laplacian if self.energy_matrix is None else self.energy_matrix
+
+    def weighted(self, r: torch.Tensor) -> torch.Tensor:
+        """``W r`` for ``(..., N)`` node quantities (currents -> gradient of ``E_w``)."""
+        return r if self.weights is None else r * self.weights
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -263,11 +287,13 @@ def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network
         L[s1, s1] += torch.diag(g_in.sum(0))
         for k in range(2, circuit.depth + 1):
             g = _tensor(actual[k - 1])
+            gain = circuit.drive_gain(k)       # 1.0: a plain wire, the terms below are then exact G
             a, b = circuit.layer_slice(k - 1), circuit.layer_slice(k)
+            # crossbar k sees A*x_{k-1}; layer k-1 gives it i_out, of which the CCCS draws i_out/A
             L[a, a] += torch.diag(g.sum(1))
             L[b, b] += torch.diag(g.sum(0))
-            L[a, b] -= g
-            L[b, a] -= g.T
+            L[a, b] -= back_current(g, gain)
+            L[b, a] -= drive_voltage(g.T, gain)
         if circuit.has_bias:
             vb = circuit.bias_voltage_v
             bias_pos, bias_neg = circuit.actual_bias()
@@ -299,8 +325,14 @@ def build_network(circuit: BlockCircuit, ideal_as_clip: bool = True) -> _Network
                 diodes.append(_DiodeGroup(idx[torch.from_numpy(mask)], nl.clamp_rail_v(upward), upward, model,
                                           torch.from_numpy(np.ascontiguousarray(params["is_t"][mask, col])),
                                           torch.from_numpy(np.ascontiguousarray(params["vte"][mask, col]))))
+    weights = energy = None
+    if circuit.has_amplifiers:
+        weights = torch.from_numpy(circuit.node_weights())
+        energy = weights[:, None] * L
+        energy = 0.5 * (energy + energy.T)       # symmetric by construction; this removes the rounding
     return _Network(L, g_in, bias_current, circuit.layer_slice(circuit.depth), tuple(diodes), tuple(pwls),
-                    lower, upper, bool(torch.isfinite(lower).any()), src_coupling, src_self, src_const, xbars)
+                    lower, upper, bool(torch.isfinite(lower).any()), src_coupling, src_self, src_const, xbars,
+                    weights, energy)
 
 
 def source_currents(net: _Network, circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -311,10 +343,14 @@ def source_currents(net: _Network, circuit: BlockCircuit, v_src: torch.Tensor, x
 
 
 def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
-    """f(x), f'(x) (and the co-content sum when ``energy``) of the node elements."""
+    """f(x), f'(x) (physical currents, A and S) and, when ``energy``, the co-content sum
+    weighted by the nodes' domain weights (the nonlinear part of ``E_w``)."""
     f = torch.zeros_like(x)
     df = torch.zeros_like(x)
     e = torch.zeros(x.shape[0], dtype=x.dtype)
+
+    def weighted(c, nodes):
+        return c if net.weights is None else c * net.weights[nodes]
     for g in net.diodes:
         xv = x[:, g.nodes]
         vd = clamp_diode_voltage(xv, g.rail_v, g.upward)
@@ -322,20 +358,22 @@ def _nonlinear(net: _Network, x: torch.Tensor, energy: bool = False):
         f[:, g.nodes] += clamp_node_current(i, g.upward)
         df[:, g.nodes] += gd
         if energy:
-            e = e + junction_cocontent(vd, g.isat, g.vte, g.model.gmin_s).sum(1)
+            e = e + weighted(junction_cocontent(vd, g.isat, g.vte, g.model.gmin_s), g.nodes).sum(1)
     for g in net.pwls:
         xv = x[:, g.nodes]
         i, gd = pwl_current_and_conductance(xv, g.table)
         f[:, g.nodes] += i
         df[:, g.nodes] += gd
         if energy:
-            e = e + pwl_cocontent(xv, g.table).sum(1)
+            e = e + weighted(pwl_cocontent(xv, g.table), g.nodes).sum(1)
     return f, df, e
 
 
-def _energy(net: _Network, L: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _energy(net: _Network, H: torch.Tensor, b_w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weighted co-content ``E_w`` (J; without amplifiers the co-content ``E``), from the
+    symmetric ``H = W L`` and the weighted currents ``b_w = W b``."""
     _, _, e = _nonlinear(net, x, energy=True)
-    return 0.5 * torch.einsum("bi,ij,bj->b", x, L, x) - (b * x).sum(1) + e
+    return 0.5 * torch.einsum("bi,ij,bj->b", x, H, x) - (b_w * x).sum(1) + e
 
 
 def _spd_solve(J: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -375,7 +413,7 @@ class ReferenceBackend(Backend):
         net = build_network(circuit, self.ideal_as_clip)
         v_src = source_voltages(circuit, u)
         B, N = u.shape[0], circuit.n_free
-        L = net.laplacian
+        L, H = net.laplacian, net.hessian_matrix
         b = torch.zeros(B, N, dtype=DTYPE)
         if net.src_coupling is not None:
             b += v_src @ net.src_coupling
@@ -386,13 +424,18 @@ class ReferenceBackend(Backend):
             if nudge.currents_a is not None:
                 b[:, net.out_slice] += torch.as_tensor(nudge.currents_a, dtype=DTYPE)
             if nudge.conductance_s != 0:
-                L = L.clone()
                 idx = torch.arange(net.out_slice.start, net.out_slice.stop)
+                L = L.clone()
                 L[idx, idx] += nudge.conductance_s
+                if net.energy_matrix is None:
+                    H = L
+                else:
+                    H = H.clone()
+                    H[idx, idx] += net.weights[idx] * nudge.conductance_s
                 b[:, net.out_slice] += nudge.conductance_s * torch.as_tensor(nudge.target_v, dtype=DTYPE)
         if start is not None and tuple(start.shape) != (B, N):
             raise SpecError(f"start: shape {tuple(start.shape)}, expected ({B}, {N})")
-        x, converged, iterations, residual = self._newton(net, L, b, start)
+        x, converged, iterations, residual = self._newton(net, L, H, b, start)
         messages = [("" if c else f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
                      "raise max_iterations or check the conductances")
                     for c, r in zip(converged.tolist(), residual.tolist())]
@@ -410,8 +453,11 @@ class ReferenceBackend(Backend):
         src = source_currents(net, circuit, v_src, x)
         return Equilibrium(x, src, converged, messages, iterations)
 
-    def _newton(self, net: _Network, L: torch.Tensor, b: torch.Tensor, start: torch.Tensor | None = None):
+    def _newton(self, net: _Network, L: torch.Tensor, H: torch.Tensor, b: torch.Tensor,
+                start: torch.Tensor | None = None):
+        """Newton on ``W r = 0`` (``L`` the KCL matrix, ``H = W L`` symmetric, ``b`` physical)."""
         B, N = b.shape
+        b_w = net.weighted(b)
         eye = torch.eye(N, dtype=DTYPE)
         if start is not None and bool(torch.isfinite(start).all()):
             # A warm start (e.g. the free state of a nudged phase): usually one or two iterations.
@@ -432,11 +478,13 @@ class ReferenceBackend(Backend):
         active = torch.ones(B, dtype=torch.bool)
         converged = torch.zeros(B, dtype=torch.bool)
         residual = torch.full((B,), torch.inf, dtype=DTYPE)
-        abs_l = L.abs()
+        # L^T: the KCL matrix is unsymmetric with amplifiers (without, L itself: the same numbers)
+        L_t = L if net.energy_matrix is None else L.T
+        abs_l = L_t.abs()
         it = 0
         for it in range(1, self.max_iterations + 1):
             f, df, _ = _nonlinear(net, x)
-            r = x @ L - b + f                     # L is symmetric
+            r = x @ L_t - b + f                   # physical currents leaving each node (A)
             held = torch.zeros_like(x, dtype=torch.bool)
             if net.has_bounds:
                 held = ((x >= net.upper) & (r < 0)) | ((x <= net.lower) & (r > 0))
@@ -449,17 +497,19 @@ class ReferenceBackend(Backend):
             if not active.any():
                 break
             every = bool(active.all())          # skip the row gathers in the common case
-            J = L + torch.diag_embed(df if every else df[active])
+            wdf = net.weighted(df)
+            J = H + torch.diag_embed(wdf if every else wdf[active])     # W J: symmetric
             if net.has_bounds:
                 # Held nodes: identity rows/columns, zero step.
                 h = held if every else held[active]
                 keep = (~h).to(DTYPE)
                 J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(h.to(DTYPE))
+            g_w = net.weighted(r_free)           # the gradient of E_w
             if every:
-                x = self._line_search(net, L, b, x, r_free, -_spd_solve(J, r_free))
+                x = self._line_search(net, H, b_w, x, g_w, -_spd_solve(J, g_w))
             else:
-                dx = -_spd_solve(J, r_free[active])
-                x[active] = self._line_search(net, L, b[active], x[active], r_free[active], dx)
+                dx = -_spd_solve(J, g_w[active])
+                x[active] = self._line_search(net, H, b_w[active], x[active], g_w[active], dx)
         return x, converged, it, residual
 
     def _line_search(self, net, L, b, x, grad, dx):
