@@ -16,6 +16,16 @@ not an Adam step size: it sets how many pulses a gradient asks for, so it
 needs a different value than Adam's (default: :func:`default_lr_analog`). The
 digital parameters keep Adam at ``lr``. The schedule scales both learning rates.
 
+Ablations: ``freeze_analog`` (``--freeze-analog``) holds every conductance (and bias
+conductance) at its initial value, ``freeze_digital`` every other parameter
+(:func:`freeze`: they stop requiring gradients and no optimizer or rule is given
+them; BatchNorm's running statistics are buffers and still update). Both at once,
+or ``freeze_analog`` with a device rule, is refused: nothing, or a contradiction,
+would train. A run reports the model's parameter counts by kind
+(:func:`ffebm_sim.model.parameter_counts`, the same whether frozen or not) in its
+first line and in summary.json (``analog_parameters``, ``digital_parameters``,
+``freeze_analog``, ``freeze_digital``).
+
 Determinism: the digital initialisation is seeded, the conductances come from
 the block specs' seeds, and epoch ``e`` shuffles with a generator seeded by
 ``(seed, e)``; so a run resumed from the checkpoint of epoch ``e`` ends with
@@ -55,7 +65,7 @@ from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
 from .data import DATASET_SHAPES, DATASETS, load_dataset
 from .errors import SpecError, plain
 from .failures import ON_FAILURE, FailurePolicy, RunStopped
-from .model import FFEBM, build_model
+from .model import FFEBM, build_model, parameter_counts
 from .outputs import MARKER, DirLock, check_not_locked, check_output_dir, user_error, write_marker
 from .spec import read_toml
 
@@ -80,7 +90,8 @@ def default_lr_analog(device: str, update: str) -> float:
 
 #: How each field is given on the command line (messages name the flag the user typed).
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "lr_analog": "--lr-analog",
-         "on_failure": "--on-failure", "data": "--data", "gradient": "--gradient", "beta_v": "--beta"}
+         "on_failure": "--on-failure", "data": "--data", "gradient": "--gradient", "beta_v": "--beta",
+         "freeze_analog": "--freeze-analog", "freeze_digital": "--freeze-digital"}
 
 #: Samples per free-phase solve when evaluating (see :func:`evaluate`).
 EVAL_BATCH = 256
@@ -110,6 +121,8 @@ class TrainConfig:
     update: str | None = None          # the device update rule (default DEFAULT_UPDATE with a device)
     update_options: dict = field(default_factory=dict)   # rule options, e.g. {"coupling": 0.02}
     on_failure: str = "stop"           # a sample no solver retry converges: stop the run or skip it
+    freeze_analog: bool = False        # the conductances keep their initial values (see freeze())
+    freeze_digital: bool = False       # the digital blocks' parameters keep their initial values
     model_sha256: str | None = None    # the spec file's content when the run started (set by the run directory)
 
     def validate(self, labels: dict[str, str] | None = None) -> "TrainConfig":
@@ -118,6 +131,7 @@ class TrainConfig:
         ``labels`` names fields as the user wrote them when not as a flag (e.g.
         ``{"epochs": "training.epochs"}`` for a value from the spec's [training] table)."""
         from .hardware import PRESETS, RULES
+        self._validate_freeze()
         if self.device is None:
             if self.update is not None or self.update_options:
                 raise SpecError("--update: a device update rule needs --device PRESET; "
@@ -134,6 +148,17 @@ class TrainConfig:
             resolved = replace(self, update=update, lr_analog=self.lr_analog if self.lr_analog is not None
                                else default_lr_analog(self.device, update))
         return resolved._validate(labels or {})
+
+    def _validate_freeze(self) -> None:
+        for name in ("freeze_analog", "freeze_digital"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{FLAGS[name]}: {plain(getattr(self, name))}; true or false")
+        if self.freeze_analog and self.freeze_digital:
+            raise SpecError("--freeze-analog and --freeze-digital: together they freeze every parameter and "
+                            "nothing would train; give one of them")
+        if self.freeze_analog and self.device is not None:
+            raise SpecError(f"--freeze-analog and --device {self.device}: the device rule updates the conductances "
+                            "that --freeze-analog keeps at their initial values; give one of them")
 
     def _validate(self, labels: dict[str, str]) -> "TrainConfig":
         def label(name: str) -> str:
@@ -173,12 +198,27 @@ def config_with_spec_defaults(config: TrainConfig, given: set[str]) -> TrainConf
     return replace(config, **taken).validate(labels={k: f"training.{k}" for k in taken})
 
 
+def freeze(model: FFEBM, config: TrainConfig) -> None:
+    """Hold the kinds of parameters the run freezes at their initial values.
+
+    ``freeze_analog``: every energy block's conductances (layer and bias ones,
+    :meth:`FFEBM.analog_parameters`); ``freeze_digital``: every other module's parameters.
+    They stop requiring gradients and :func:`_optimizer` (or a device rule) is never given
+    them, so no step can move them. Buffers are not parameters: BatchNorm's running
+    statistics still follow the batches in training mode, and Dropout still drops.
+    """
+    frozen = (model.analog_parameters() if config.freeze_analog else []) + \
+        (model.digital_parameters() if config.freeze_digital else [])
+    for p in frozen:
+        p.requires_grad_(False)
+
+
 def _optimizer(model: FFEBM, config: TrainConfig) -> torch.optim.Optimizer | None:
-    """Adam on the digital parameters, and on the conductances unless a device rule owns them."""
-    analog = [p for b in model.energy_blocks for p in b.all_weights()]
-    analog_ids = {id(p) for p in analog}
-    digital = [p for p in model.parameters() if id(p) not in analog_ids]
-    groups = [] if config.device is not None else [{"params": analog, "lr": config.lr_analog}]
+    """Adam on the digital parameters, and on the conductances unless a device rule owns them;
+    a kind the run freezes is left out."""
+    groups = [] if config.device is not None or config.freeze_analog else \
+        [{"params": model.analog_parameters(), "lr": config.lr_analog}]
+    digital = [] if config.freeze_digital else model.digital_parameters()
     if digital:
         groups.append({"params": digital, "lr": config.lr})
     return torch.optim.Adam(groups) if groups else None
@@ -300,7 +340,8 @@ FIELD_FLAGS = {"model": "MODEL", "data": "--data", "data_dir": "--data-dir", "ba
                "gradient": "--gradient", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
                "lr_analog": "--lr-analog", "schedule": "schedule", "seed": "--seed", "beta_v": "--beta",
                "device": "--device", "update": "--update", "update_options": "--update-option",
-               "on_failure": "--on-failure", "backend_options": "--workers/--scheduler"}
+               "on_failure": "--on-failure", "backend_options": "--workers/--scheduler",
+               "freeze_analog": "--freeze-analog", "freeze_digital": "--freeze-digital"}
 
 
 def _sha256(path) -> str | None:
@@ -414,8 +455,11 @@ def _discard_failed_start(run: Path, created: bool) -> None:
 
 def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: bool = True,
           stop_after_epoch: int | None = None, on_failure_given: bool = False,
-          given: set[str] | None = None) -> dict | None:
+          given: set[str] | None = None, info=None) -> dict | None:
     """Run (or resume) training; returns the summary written to summary.json.
+
+    ``log`` gets the progress messages (default: stderr), ``info`` the line with the
+    model's parameter counts at the start (default: ``log``; the CLI prints it to stdout).
 
     On ``resume`` the run directory's stored configuration is used and compared with
     ``config`` (the fields in ``given``, or all of them): any difference but RESUMABLE
@@ -428,6 +472,7 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     is kept) removes what it wrote, so the corrected command works without --resume.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    info = info or log
     config = config.validate()
     run = Path(config.out)
     latest = None
@@ -448,11 +493,29 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
             check_model_data(probe, DATASET_SHAPES[config.data], config.model)     # before seconds of loading
         data = load_dataset(config.data, config.data_dir)
         check_training(config, data, probe)      # before anything is written
-        return Run.create(config, data, backend, log).execute(resume, latest, stop_after_epoch)
+        return Run.create(config, data, backend, log, info).execute(resume, latest, stop_after_epoch)
     finally:
         from .progress import close_all
         close_all()                  # an epoch's progress lines end with the epoch, or here
         Run.close_backend(backend)
+
+
+def check_something_trains(config: TrainConfig, model: FFEBM) -> None:
+    """A frozen kind must leave parameters of the other kind to train."""
+    counts = parameter_counts(model)
+    for kind, other in (("analog", "digital"), ("digital", "analog")):
+        if getattr(config, f"freeze_{kind}") and counts[other] == 0:
+            raise SpecError(f"--freeze-{kind}: {config.model} has no {other} parameters; with its {kind} ones "
+                            "frozen nothing would train")
+
+
+def parameters_line(counts: dict[str, int], config: TrainConfig) -> str:
+    """``parameters: 9472 analog (98.7 %), 128 digital`` (and which kind the run freezes)."""
+    total = counts["analog"] + counts["digital"]
+    share = 100 * counts["analog"] / total if total else 0.0
+    frozen = [kind for kind in ("analog", "digital") if getattr(config, f"freeze_{kind}")]
+    return (f"parameters: {counts['analog']} analog ({share:.1f} %), {counts['digital']} digital"
+            + "".join(f"; {kind} frozen at their initial values" for kind in frozen))
 
 
 def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> None:
@@ -463,6 +526,7 @@ def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> Non
     if probe is None:
         probe = build_model(config.model, backend="reference", gradient=config.gradient, seed=config.seed)
     check_model_data(probe, data, config.model)
+    check_something_trains(config, probe)
     if config.beta_v is not None:
         for block in probe.energy_blocks:
             check_beta(config.beta_v, block.template, "--beta", hint=f"the spec gives {block.beta_v!r} V")
@@ -505,7 +569,8 @@ class Run:
     rules: list | None
     data: object
     backend: object
-    log: Callable[[str], None]
+    log: Callable[[str], None]                          # progress messages
+    info: Callable[[str], None]                         # the parameter counts at the start
     failures: FailurePolicy = field(init=False)
     optimizer: torch.optim.Optimizer | None = field(init=False, default=None)
     scheduler: object = field(init=False, default=None)
@@ -513,11 +578,15 @@ class Run:
     finished: int = field(init=False, default=0)       # epochs done before this process's first
 
     @classmethod
-    def create(cls, config: TrainConfig, data, backend, log: Callable[[str], None]) -> "Run":
-        """The run's model and update rules (before the run directory: bad options leave no files)."""
+    def create(cls, config: TrainConfig, data, backend, log: Callable[[str], None],
+               info: Callable[[str], None] | None = None) -> "Run":
+        """The run's model (with the kinds it freezes frozen) and update rules, before the run
+        directory: bad options leave no files."""
         model = build_model(config.model, backend=backend, gradient=config.gradient,
                             beta_v=config.beta_v, seed=config.seed)
-        return cls(config, Path(config.out), model, make_update_rules(model, config), data, backend, log)
+        freeze(model, config)
+        return cls(config, Path(config.out), model, make_update_rules(model, config), data, backend, log,
+                   info or log)
 
     def __post_init__(self) -> None:
         self.failures = FailurePolicy(self.dir, self.config.on_failure)
@@ -546,6 +615,7 @@ class Run:
     def _train(self, latest, stop_after_epoch: int | None) -> dict | None:
         if latest is not None:
             self.resume(*latest)
+        self.info(parameters_line(parameter_counts(self.model), self.config))
         t_run = time.perf_counter() - (self.metrics[-1]["elapsed_seconds"] if self.metrics else 0.0)
         for epoch in range(self.finished + 1, self.config.epochs + 1):
             row = self.epoch(epoch, t_run)
@@ -720,6 +790,8 @@ class Run:
                              "skipped": sum(m.get("skipped", 0) for m in self.metrics)},
             "device": c.device, "update": c.update,
             "pulses": sum(m.get("pulses", 0) for m in self.metrics) if c.device else None,
+            **{f"{kind}_parameters": n for kind, n in parameter_counts(self.model).items()},
+            "freeze_analog": c.freeze_analog, "freeze_digital": c.freeze_digital,
             "run_dir": str(self.dir), "learning_curves": str(self.dir / "learning_curves.png"),
         }
         _atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=1).encode())
