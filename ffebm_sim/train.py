@@ -572,6 +572,7 @@ class Run:
     log: Callable[[str], None]                          # progress messages
     info: Callable[[str], None]                         # the parameter counts at the start
     failures: FailurePolicy = field(init=False)
+    factor: Callable[[int], float] = field(init=False)  # learning-rate factor during epoch e + 1
     optimizer: torch.optim.Optimizer | None = field(init=False, default=None)
     scheduler: object = field(init=False, default=None)
     metrics: list[dict] = field(init=False, default_factory=list)
