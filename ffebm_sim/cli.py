@@ -207,6 +207,13 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
 @click.option("--update", help="With --device: the update rule, sgd (default), mixed, tiki-taka or shd.")
 @click.option("--update-option", "update_options", multiple=True, metavar="KEY=VALUE",
               help="With --device: a rule option, e.g. coupling=0.02 (repeatable).")
+@click.option("--freeze-analog", is_flag=True,
+              help="Keep every conductance of the energy blocks (and their bias conductances) at its initial "
+                   "value; the digital blocks train. Not with --device or --freeze-digital.")
+@click.option("--freeze-digital", is_flag=True,
+              help="Keep every parameter of the digital blocks (weights, biases, BatchNorm's scale and shift) "
+                   "at its initial value; the conductances train. BatchNorm's running statistics still "
+                   "update and Dropout still drops.")
 @click.option("--beta", type=float, help="EP nudge amplitude in volts (default: each block's spec).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--on-failure", type=click.Choice(["stop", "skip"]),
@@ -219,12 +226,14 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
               help="ngspice worker processes (one libngspice each).")
 @click.option("--scheduler", help="ngspice: a Dask scheduler address tcp://HOST:PORT instead of local workers.")
 def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_analog, device, update, update_options,
-          beta, seed, on_failure, out, resume, as_json, workers, scheduler):
+          freeze_analog, freeze_digital, beta, seed, on_failure, out, resume, as_json, workers, scheduler):
     """Train an ff-EBM: backprop through digital blocks, EP (or implicit) through energy blocks.
 
     With --device PRESET the conductances are updated by pulses on devices of
     that preset (one update rule per energy block, --update), the digital
-    blocks by Adam.
+    blocks by Adam. --freeze-analog or --freeze-digital holds one kind of
+    parameter at its initial values (the ablations). The first line on stdout
+    (stderr with --json) gives the model's analog and digital parameter counts.
     """
     from .backends import get_backend as _check_backend
     from .train import TrainConfig, config_with_spec_defaults, train as run_training
@@ -260,6 +269,7 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
     config = TrainConfig(model=str(model), out=str(out), data=data, data_dir=data_dir, backend=backend,
                          gradient=gradient, seed=seed, beta_v=beta, backend_options=options,
                          device=device, update=update, update_options=rule_options,
+                         freeze_analog=freeze_analog, freeze_digital=freeze_digital,
                          **{k: v for k, v in chosen if v is not None})
     if not resume:
         config = config_with_spec_defaults(config, given)
@@ -269,7 +279,8 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
                    if ctx.get_parameter_source(p) not in (click.core.ParameterSource.DEFAULT, None)}
     fields_given = {TRAIN_FIELDS.get(p, p) for p in flags_given} & set(TrainConfig.__dataclass_fields__)
     summary = run_training(config, resume=resume, epochs_given=epochs is not None,
-                           on_failure_given=on_failure is not None, given=fields_given)
+                           on_failure_given=on_failure is not None, given=fields_given,
+                           info=lambda line: click.echo(line, err=as_json))
     click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
                f"({summary['seconds']:.0f} s); learning curves: {summary['learning_curves']}", err=as_json)
     if as_json:

@@ -137,9 +137,35 @@ class FFEBM(nn.Module):
         for b in self.energy_blocks:
             b.project()
 
+    def analog_parameters(self) -> list[nn.Parameter]:
+        """The conductances of every energy block, in block order: each block's layer
+        conductances, then its bias conductances if it has any (:meth:`EnergyBlock.all_weights`)."""
+        return [p for b in self.energy_blocks for p in b.all_weights()]
+
+    def digital_parameters(self) -> list[nn.Parameter]:
+        """Every other module's parameters (Linear, Conv2d, BatchNorm's affine ones, ...), in
+        :meth:`parameters` order. Buffers (BatchNorm's running statistics) are not parameters."""
+        analog = {id(p) for p in self.analog_parameters()}
+        return [p for p in self.parameters() if id(p) not in analog]
+
     def solver_stats(self) -> dict:
         return {"solves": sum(b.stats.solves for b in self.energy_blocks),
                 "failures": sum(b.stats.failures for b in self.energy_blocks)}
+
+
+
+def parameter_counts(model: FFEBM) -> dict[str, int]:
+    """The model's parameters by kind, in scalars: ``analog``, the conductances of its energy
+    blocks (layer and bias conductances, :meth:`FFEBM.analog_parameters`), and ``digital``,
+    every other module's parameters (:meth:`FFEBM.digital_parameters`).
+
+    These are what training can change; buffers (BatchNorm's running statistics) are
+    state, not parameters, and are not counted. The counts describe the model, not a
+    run: a run that freezes a kind (``train --freeze-analog``/``--freeze-digital``)
+    reports the same counts and says which kind it froze.
+    """
+    return {"analog": sum(p.numel() for p in model.analog_parameters()),
+            "digital": sum(p.numel() for p in model.digital_parameters())}
 
 
 def build_model(spec: str | Path | dict, backend: str | Backend = "reference", gradient: str = "ep",

@@ -16,6 +16,16 @@ not an Adam step size: it sets how many pulses a gradient asks for, so it
 needs a different value than Adam's (default: :func:`default_lr_analog`). The
 digital parameters keep Adam at ``lr``. The schedule scales both learning rates.
 
+Ablations: ``freeze_analog`` (``--freeze-analog``) holds every conductance (and bias
+conductance) at its initial value, ``freeze_digital`` every other parameter
+(:func:`freeze`: they stop requiring gradients and no optimizer or rule is given
+them; BatchNorm's running statistics are buffers and still update). Both at once,
+or ``freeze_analog`` with a device rule, is refused: nothing, or a contradiction,
+would train. A run reports the model's parameter counts by kind
+(:func:`ffebm_sim.model.parameter_counts`, the same whether frozen or not) in its
+first line and in summary.json (``analog_parameters``, ``digital_parameters``,
+``freeze_analog``, ``freeze_digital``).
+
 Determinism: the digital initialisation is seeded, the conductances come from
 the block specs' seeds, and epoch ``e`` shuffles with a generator seeded by
 ``(seed, e)``; so a run resumed from the checkpoint of epoch ``e`` ends with
@@ -46,16 +56,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .blocks import EnergyBlock
 from .checkpoint import _atomic_write_bytes, load_latest, save_checkpoint
 from .data import DATASET_SHAPES, DATASETS, load_dataset
 from .errors import SpecError, plain
 from .failures import ON_FAILURE, FailurePolicy, RunStopped
-from .model import FFEBM, build_model
+from .model import FFEBM, build_model, parameter_counts
 from .outputs import MARKER, DirLock, check_not_locked, check_output_dir, user_error, write_marker
 from .spec import read_toml
 
@@ -80,7 +90,8 @@ def default_lr_analog(device: str, update: str) -> float:
 
 #: How each field is given on the command line (messages name the flag the user typed).
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "lr_analog": "--lr-analog",
-         "on_failure": "--on-failure", "data": "--data", "gradient": "--gradient", "beta_v": "--beta"}
+         "on_failure": "--on-failure", "data": "--data", "gradient": "--gradient", "beta_v": "--beta",
+         "freeze_analog": "--freeze-analog", "freeze_digital": "--freeze-digital"}
 
 #: Samples per free-phase solve when evaluating (see :func:`evaluate`).
 EVAL_BATCH = 256
@@ -110,6 +121,8 @@ class TrainConfig:
     update: str | None = None          # the device update rule (default DEFAULT_UPDATE with a device)
     update_options: dict = field(default_factory=dict)   # rule options, e.g. {"coupling": 0.02}
     on_failure: str = "stop"           # a sample no solver retry converges: stop the run or skip it
+    freeze_analog: bool = False        # the conductances keep their initial values (see freeze())
+    freeze_digital: bool = False       # the digital blocks' parameters keep their initial values
     model_sha256: str | None = None    # the spec file's content when the run started (set by the run directory)
 
     def validate(self, labels: dict[str, str] | None = None) -> "TrainConfig":
@@ -118,6 +131,7 @@ class TrainConfig:
         ``labels`` names fields as the user wrote them when not as a flag (e.g.
         ``{"epochs": "training.epochs"}`` for a value from the spec's [training] table)."""
         from .hardware import PRESETS, RULES
+        self._validate_freeze()
         if self.device is None:
             if self.update is not None or self.update_options:
                 raise SpecError("--update: a device update rule needs --device PRESET; "
@@ -134,6 +148,17 @@ class TrainConfig:
             resolved = replace(self, update=update, lr_analog=self.lr_analog if self.lr_analog is not None
                                else default_lr_analog(self.device, update))
         return resolved._validate(labels or {})
+
+    def _validate_freeze(self) -> None:
+        for name in ("freeze_analog", "freeze_digital"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{FLAGS[name]}: {plain(getattr(self, name))}; true or false")
+        if self.freeze_analog and self.freeze_digital:
+            raise SpecError("--freeze-analog and --freeze-digital: together they freeze every parameter and "
+                            "nothing would train; give one of them")
+        if self.freeze_analog and self.device is not None:
+            raise SpecError(f"--freeze-analog and --device {self.device}: the device rule updates the conductances "
+                            "that --freeze-analog keeps at their initial values; give one of them")
 
     def _validate(self, labels: dict[str, str]) -> "TrainConfig":
         def label(name: str) -> str:
@@ -173,12 +198,27 @@ def config_with_spec_defaults(config: TrainConfig, given: set[str]) -> TrainConf
     return replace(config, **taken).validate(labels={k: f"training.{k}" for k in taken})
 
 
+def freeze(model: FFEBM, config: TrainConfig) -> None:
+    """Hold the kinds of parameters the run freezes at their initial values.
+
+    ``freeze_analog``: every energy block's conductances (layer and bias ones,
+    :meth:`FFEBM.analog_parameters`); ``freeze_digital``: every other module's parameters.
+    They stop requiring gradients and :func:`_optimizer` (or a device rule) is never given
+    them, so no step can move them. Buffers are not parameters: BatchNorm's running
+    statistics still follow the batches in training mode, and Dropout still drops.
+    """
+    frozen = (model.analog_parameters() if config.freeze_analog else []) + \
+        (model.digital_parameters() if config.freeze_digital else [])
+    for p in frozen:
+        p.requires_grad_(False)
+
+
 def _optimizer(model: FFEBM, config: TrainConfig) -> torch.optim.Optimizer | None:
-    """Adam on the digital parameters, and on the conductances unless a device rule owns them."""
-    analog = [p for b in model.energy_blocks for p in b.all_weights()]
-    analog_ids = {id(p) for p in analog}
-    digital = [p for p in model.parameters() if id(p) not in analog_ids]
-    groups = [] if config.device is not None else [{"params": analog, "lr": config.lr_analog}]
+    """Adam on the digital parameters, and on the conductances unless a device rule owns them;
+    a kind the run freezes is left out."""
+    groups = [] if config.device is not None or config.freeze_analog else \
+        [{"params": model.analog_parameters(), "lr": config.lr_analog}]
+    digital = [] if config.freeze_digital else model.digital_parameters()
     if digital:
         groups.append({"params": digital, "lr": config.lr})
     return torch.optim.Adam(groups) if groups else None
@@ -300,7 +340,8 @@ FIELD_FLAGS = {"model": "MODEL", "data": "--data", "data_dir": "--data-dir", "ba
                "gradient": "--gradient", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
                "lr_analog": "--lr-analog", "schedule": "schedule", "seed": "--seed", "beta_v": "--beta",
                "device": "--device", "update": "--update", "update_options": "--update-option",
-               "on_failure": "--on-failure", "backend_options": "--workers/--scheduler"}
+               "on_failure": "--on-failure", "backend_options": "--workers/--scheduler",
+               "freeze_analog": "--freeze-analog", "freeze_digital": "--freeze-digital"}
 
 
 def _sha256(path) -> str | None:
@@ -414,8 +455,11 @@ def _discard_failed_start(run: Path, created: bool) -> None:
 
 def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: bool = True,
           stop_after_epoch: int | None = None, on_failure_given: bool = False,
-          given: set[str] | None = None) -> dict | None:
+          given: set[str] | None = None, info=None) -> dict | None:
     """Run (or resume) training; returns the summary written to summary.json.
+
+    ``log`` gets the progress messages (default: stderr), ``info`` the line with the
+    model's parameter counts at the start (default: ``log``; the CLI prints it to stdout).
 
     On ``resume`` the run directory's stored configuration is used and compared with
     ``config`` (the fields in ``given``, or all of them): any difference but RESUMABLE
@@ -428,6 +472,7 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     is kept) removes what it wrote, so the corrected command works without --resume.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    info = info or log
     config = config.validate()
     run = Path(config.out)
     latest = None
@@ -448,12 +493,29 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
             check_model_data(probe, DATASET_SHAPES[config.data], config.model)     # before seconds of loading
         data = load_dataset(config.data, config.data_dir)
         check_training(config, data, probe)      # before anything is written
-        return _train(config, resume, log, stop_after_epoch, data, backend, latest)
+        return Run.create(config, data, backend, log, info).execute(resume, latest, stop_after_epoch)
     finally:
         from .progress import close_all
         close_all()                  # an epoch's progress lines end with the epoch, or here
-        if hasattr(backend, "close"):
-            backend.close()          # stops worker processes, if any
+        Run.close_backend(backend)
+
+
+def check_something_trains(config: TrainConfig, model: FFEBM) -> None:
+    """A frozen kind must leave parameters of the other kind to train."""
+    counts = parameter_counts(model)
+    for kind, other in (("analog", "digital"), ("digital", "analog")):
+        if getattr(config, f"freeze_{kind}") and counts[other] == 0:
+            raise SpecError(f"--freeze-{kind}: {config.model} has no {other} parameters; with its {kind} ones "
+                            "frozen nothing would train")
+
+
+def parameters_line(counts: dict[str, int], config: TrainConfig) -> str:
+    """``parameters: 9472 analog (98.7 %), 128 digital`` (and which kind the run freezes)."""
+    total = counts["analog"] + counts["digital"]
+    share = 100 * counts["analog"] / total if total else 0.0
+    frozen = [kind for kind in ("analog", "digital") if getattr(config, f"freeze_{kind}")]
+    return (f"parameters: {counts['analog']} analog ({share:.1f} %), {counts['digital']} digital"
+            + "".join(f"; {kind} frozen at their initial values" for kind in frozen))
 
 
 def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> None:
@@ -464,6 +526,7 @@ def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> Non
     if probe is None:
         probe = build_model(config.model, backend="reference", gradient=config.gradient, seed=config.seed)
     check_model_data(probe, data, config.model)
+    check_something_trains(config, probe)
     if config.beta_v is not None:
         for block in probe.energy_blocks:
             check_beta(config.beta_v, block.template, "--beta", hint=f"the spec gives {block.beta_v!r} V")
@@ -473,161 +536,273 @@ def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> Non
                        data_bytes=data.nbytes)
 
 
-def _train(config, resume, log, stop_after_epoch, data, backend, latest):
-    model = build_model(config.model, backend=backend, gradient=config.gradient,
-                        beta_v=config.beta_v, seed=config.seed)
-    rules = make_update_rules(model, config)       # before the run directory: bad options leave no files
-    run = Path(config.out)
-    lock, created, config = _open_run_dir(run, config, resume)
-    try:
-        return _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest, model, rules)
-    except RunStopped:
-        raise                    # its deck in RUN_DIR/failed/ is the diagnosis; the run is resumable
-    except Exception:
-        if not resume and not any((run / "checkpoints").glob("epoch_*.pt")):
-            _discard_failed_start(run, created)
-        raise
-    finally:
-        lock.release()
+@dataclass
+class _Tally:
+    """An epoch's running training figures (and, with a device, the pulses sent)."""
+
+    loss: float = 0.0         # sum over the samples seen of each batch's mean loss
+    correct: int = 0
+    seen: int = 0
+    pulses: object = None     # hardware.UpdateStats with a device rule, else None
+    lr_rule: float = 0.0      # the device rule's lr this epoch (the schedule applied)
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, rows: int) -> None:
+        self.loss += float(loss.detach()) * rows
+        self.correct += int(hits.sum())
+        self.seen += rows
 
 
-def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest, model, rules):
-    failures = FailurePolicy(run, config.on_failure)
-    convergence = getattr(backend, "convergence", None)      # ngspice: samples rescued by each retry
-    optimizer = _optimizer(model, config)
-    # Cosine decay of both learning rates over the run's epochs (constant: none).
-    factor = _schedule(config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if optimizer is not None else None
-    metrics: list[dict] = []
-    start = 0
-    if resume:
+@dataclass
+class Run:
+    """One training run in its directory: the resolved configuration, the model, its
+    conductances' update rules (with a device), the data and the backend.
+
+    :meth:`create` builds the model (nothing is written yet); :meth:`execute` opens
+    the run directory and trains, :meth:`resume` loads a checkpoint, :meth:`epoch`
+    trains and evaluates one epoch, :meth:`checkpoint` writes its state and the
+    metrics, :meth:`summary` writes summary.json.
+    """
+
+    config: TrainConfig
+    dir: Path
+    model: FFEBM
+    rules: list | None
+    data: object
+    backend: object
+    log: Callable[[str], None]                          # progress messages
+    info: Callable[[str], None]                         # the parameter counts at the start
+    failures: FailurePolicy = field(init=False)
+    factor: Callable[[int], float] = field(init=False)  # learning-rate factor during epoch e + 1
+    optimizer: torch.optim.Optimizer | None = field(init=False, default=None)
+    scheduler: object = field(init=False, default=None)
+    metrics: list[dict] = field(init=False, default_factory=list)
+    finished: int = field(init=False, default=0)       # epochs done before this process's first
+
+    @classmethod
+    def create(cls, config: TrainConfig, data, backend, log: Callable[[str], None],
+               info: Callable[[str], None] | None = None) -> "Run":
+        """The run's model (with the kinds it freezes frozen) and update rules, before the run
+        directory: bad options leave no files."""
+        model = build_model(config.model, backend=backend, gradient=config.gradient,
+                            beta_v=config.beta_v, seed=config.seed)
+        freeze(model, config)
+        return cls(config, Path(config.out), model, make_update_rules(model, config), data, backend, log,
+                   info or log)
+
+    def __post_init__(self) -> None:
+        self.failures = FailurePolicy(self.dir, self.config.on_failure)
+        # Cosine decay of both learning rates over the run's epochs (constant: none).
+        self.factor = _schedule(self.config)
+        self.optimizer = _optimizer(self.model, self.config)
+        if self.optimizer is not None:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.factor)
+
+    def execute(self, resume: bool, latest, stop_after_epoch: int | None = None) -> dict | None:
+        """Open (or reopen) the run directory and train to the last epoch; returns the summary
+        (None when ``stop_after_epoch`` ended the work early). A fresh run that fails before
+        its first checkpoint removes what it wrote, unless a sample did not converge."""
+        lock, created, self.config = _open_run_dir(self.dir, self.config, resume)
+        try:
+            return self._train(latest if resume else None, stop_after_epoch)
+        except RunStopped:
+            raise                    # its deck in RUN_DIR/failed/ is the diagnosis; the run is resumable
+        except Exception:
+            if not resume and not any((self.dir / "checkpoints").glob("epoch_*.pt")):
+                _discard_failed_start(self.dir, created)
+            raise
+        finally:
+            lock.release()
+
+    def _train(self, latest, stop_after_epoch: int | None) -> dict | None:
         if latest is not None:
-            start, state = latest
-            from .validate import check_state
-            check_state(model, state["model"], f"{run / 'checkpoints'} (epoch {start})", config.model)
-            model.load_state_dict(state["model"])
-            if optimizer is not None:
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                # The rate of the next epoch by the schedule over the run's (possibly extended) epochs:
-                # for an unchanged run exactly what the scheduler stored (the same expression); for an
-                # extended one the new cosine's value at this epoch, never the old end's zero.
-                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                    group["lr"] = base * factor(start)
-                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-            if rules is not None:
-                saved = state.get("update_rules")
-                if not saved or len(saved) != len(rules):
-                    raise SpecError(f"--resume: {run} checkpoint of epoch {start} holds no device update-rule state")
-                for rule, rule_state in zip(rules, saved):
-                    rule.load_state_dict(rule_state)
-            metrics = state["metrics"]
-            for block, stats in zip(model.energy_blocks, state["solver_stats"]):
-                block.stats.solves, block.stats.failures = stats["solves"], stats["failures"]
-            log(f"resuming {run} after epoch {start}")
-    n = len(data.x_train)
-    t_run = time.perf_counter() - (metrics[-1]["elapsed_seconds"] if metrics else 0.0)
-    for epoch in range(start + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        solves0 = model.solver_stats()
-        skipped0, rescued0 = failures.skipped, _rescued(convergence)
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=gen)
-        # Random digital modules (Dropout) draw from torch's global generator: seed it per epoch
-        # too, so a resumed run draws the same masks as an uninterrupted one.
-        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000_000)
-        bar = _progress(n, f"epoch {epoch}/{config.epochs}", solves=lambda: model.solver_stats()["solves"])
-        run_loss, run_correct, seen = 0.0, 0, 0
-        pulses = None
-        if rules is not None:
-            from .hardware import UpdateStats
-            pulses, lr_rule = UpdateStats(), config.lr_analog * factor(epoch - 1)
-        model.train()
-        for s in range(0, n, config.batch_size):
-            idx = perm[s:s + config.batch_size]
-            xb, yb = data.x_train[idx], data.y_train[idx]
+            self.resume(*latest)
+        self.info(parameters_line(parameter_counts(self.model), self.config))
+        t_run = time.perf_counter() - (self.metrics[-1]["elapsed_seconds"] if self.metrics else 0.0)
+        for epoch in range(self.finished + 1, self.config.epochs + 1):
+            row = self.epoch(epoch, t_run)
+            self.checkpoint(epoch)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < self.config.epochs:
+                return None
+            self.log(self.epoch_line(row))
+        return self.summary()
 
-            def step(rows):
-                # From zero gradients on every try: a failed try may have left partial ones.
-                if optimizer is not None:
-                    optimizer.zero_grad(set_to_none=True)
-                model.zero_grad(set_to_none=True)
-                loss, pred = model.loss(xb[rows], yb[rows])
-                loss.backward()
-                return loss, pred
-            result, rows = failures.step_without_failures(step, idx, f"epoch{epoch}_batch{s // config.batch_size}")
-            if bar is not None:
-                bar.update(len(idx))
-            if result is None:           # every sample of the batch was skipped
-                continue
-            (loss, pred), yb = result, yb[rows]
-            if optimizer is not None:
-                optimizer.step()
-            if rules is not None:
-                for block, rule in zip(model.energy_blocks, rules):
-                    weights = block.all_weights()
-                    pulses = pulses + rule.step(weights, [w.grad for w in weights], lr_rule)
-            model.project()
-            run_loss += float(loss.detach()) * len(rows)
-            run_correct += int((pred == yb).sum())
-            seen += len(rows)
-            if bar is not None:
-                bar.set_postfix(loss=f"{run_loss / seen:.4f}", acc=f"{100 * run_correct / seen:.1f}%")
-        if bar is not None:
-            bar.close()
-        if scheduler is not None:
-            scheduler.step()
-        model.eval()
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, failures=failures, where=f"epoch{epoch}_test")
-        stats = model.solver_stats()
-        row = {"epoch": epoch, "train_loss": run_loss / max(seen, 1), "train_accuracy": run_correct / n,
+    # ---- resume -------------------------------------------------------------------------------------
+
+    def resume(self, epoch: int, state: dict) -> None:
+        """Continue after the checkpoint of ``epoch``: parameters, optimizer, rules, metrics, solver counts."""
+        from .validate import check_state
+        check_state(self.model, state["model"], f"{self.dir / 'checkpoints'} (epoch {epoch})", self.config.model)
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None:
+            self._resume_optimizer(epoch, state)
+        if self.rules is not None:
+            self._resume_rules(epoch, state)
+        self.metrics = state["metrics"]
+        for block, stats in zip(self.model.energy_blocks, state["solver_stats"]):
+            block.stats.solves, block.stats.failures = stats["solves"], stats["failures"]
+        self.finished = epoch
+        self.log(f"resuming {self.dir} after epoch {epoch}")
+
+    def _resume_optimizer(self, epoch: int, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # The rate of the next epoch by the schedule over the run's (possibly extended) epochs:
+        # for an unchanged run exactly what the scheduler stored (the same expression); for an
+        # extended one the new cosine's value at this epoch, never the old end's zero.
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.factor(epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _resume_rules(self, epoch: int, state: dict) -> None:
+        saved = state.get("update_rules")
+        if not saved or len(saved) != len(self.rules):
+            raise SpecError(f"--resume: {self.dir} checkpoint of epoch {epoch} holds no device update-rule state")
+        for rule, rule_state in zip(self.rules, saved):
+            rule.load_state_dict(rule_state)
+
+    # ---- one epoch ----------------------------------------------------------------------------------
+
+    def epoch(self, epoch: int, t_run: float) -> dict:
+        """Train epoch ``epoch`` (1-based), evaluate on the test set; returns its metrics row
+        (also appended to :attr:`metrics`). ``t_run``: the run's start on the perf_counter clock."""
+        t0 = time.perf_counter()
+        solves0, skipped0, rescued0 = self.model.solver_stats(), self.failures.skipped, self.rescued()
+        tally = self.train_batches(epoch)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.model.eval()
+        test_loss, test_acc = evaluate(self.model, self.data.x_test, self.data.y_test, failures=self.failures,
+                                       where=f"epoch{epoch}_test")
+        stats = self.model.solver_stats()
+        row = {"epoch": epoch, "train_loss": tally.loss / max(tally.seen, 1),
+               "train_accuracy": tally.correct / len(self.data.x_train),
                "test_loss": test_loss, "test_accuracy": test_acc,
                "seconds": time.perf_counter() - t0, "elapsed_seconds": time.perf_counter() - t_run,
                "solves": stats["solves"] - solves0["solves"], "failures": stats["failures"] - solves0["failures"],
-               "rescued": _rescued(convergence) - rescued0, "skipped": failures.skipped - skipped0}
-        if pulses is not None:
+               "rescued": self.rescued() - rescued0, "skipped": self.failures.skipped - skipped0}
+        if tally.pulses is not None:
             # Pulses this epoch: to the weight devices (up/down), to fast devices, capped requests,
             # fast-device reads and transfer events (see ffebm_sim.hardware.UpdateStats).
-            counts = pulses.as_dict()
+            counts = tally.pulses.as_dict()
             row.update({k: counts[k] for k in PULSE_KEYS})
-            row["lr_analog"] = lr_rule
-        metrics.append(row)
-        save_checkpoint(run / "checkpoints", epoch, {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "update_rules": [r.state_dict() for r in rules] if rules is not None else None,
+            row["lr_analog"] = tally.lr_rule
+        self.metrics.append(row)
+        return row
+
+    def train_batches(self, epoch: int) -> _Tally:
+        """One pass over the training set in epoch ``epoch``'s shuffled order."""
+        n, size = len(self.data.x_train), self.config.batch_size
+        perm = self._shuffle(epoch)
+        bar = _progress(n, f"epoch {epoch}/{self.config.epochs}", solves=lambda: self.model.solver_stats()["solves"])
+        tally = _Tally()
+        if self.rules is not None:
+            from .hardware import UpdateStats
+            tally.pulses, tally.lr_rule = UpdateStats(), self.config.lr_analog * self.factor(epoch - 1)
+        self.model.train()
+        for s in range(0, n, size):
+            idx = perm[s:s + size]
+            stepped = self.train_batch(idx, f"epoch{epoch}_batch{s // size}", tally)
+            bar.update(len(idx))
+            if stepped:
+                bar.set_postfix(loss=f"{tally.loss / tally.seen:.4f}", acc=f"{100 * tally.correct / tally.seen:.1f}%")
+        bar.close()
+        return tally
+
+    def _shuffle(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s sample order, seeded by ``(seed, epoch)``; also seeds torch's global
+        generator, which random digital modules (Dropout) draw from, so that a resumed run
+        draws the same masks as an uninterrupted one."""
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.data.x_train), generator=gen)
+        torch.manual_seed(self.config.seed * 1_000_003 + epoch + 500_000_000)
+        return perm
+
+    def train_batch(self, idx: torch.Tensor, where: str, tally: _Tally) -> bool:
+        """Gradients on the samples ``idx`` (without those that fail, by ``on_failure``), one update
+        and the projection into ``[g_min, g_max]``; False if every sample of the batch was skipped."""
+        xb, yb = self.data.x_train[idx], self.data.y_train[idx]
+
+        def step(rows):
+            # From zero gradients on every try: a failed try may have left partial ones.
+            if self.optimizer is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.model.zero_grad(set_to_none=True)
+            loss, pred = self.model.loss(xb[rows], yb[rows])
+            loss.backward()
+            return loss, pred
+        result, rows = self.failures.step_without_failures(step, idx, where)
+        if result is None:
+            return False
+        loss, pred = result
+        self.update(tally)
+        self.model.project()
+        tally.add(loss, pred == yb[rows], len(rows))
+        return True
+
+    def update(self, tally: _Tally) -> None:
+        """Apply the gradients: Adam's step, and each energy block's device rule (pulses)."""
+        if self.optimizer is not None:
+            self.optimizer.step()
+        if self.rules is not None:
+            for block, rule in zip(self.model.energy_blocks, self.rules):
+                weights = block.all_weights()
+                tally.pulses = tally.pulses + rule.step(weights, [w.grad for w in weights], tally.lr_rule)
+
+    def rescued(self) -> int:
+        """Samples the backend's retries made converge so far (0 for backends without retries)."""
+        convergence = getattr(self.backend, "convergence", None)      # ngspice: samples rescued by each retry
+        return 0 if convergence is None else sum(v for k, v in convergence.items() if k != "failed")
+
+    def epoch_line(self, row: dict) -> str:
+        return (f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f} "
+                f"acc {100 * row['train_accuracy']:.2f}% | test loss {row['test_loss']:.4f} "
+                f"acc {100 * row['test_accuracy']:.2f}% | {row['seconds']:.1f} s, {row['solves']} solves"
+                + (f", {row['pulses']} pulses" if "pulses" in row else ""))
+
+    # ---- outputs ------------------------------------------------------------------------------------
+
+    def checkpoint(self, epoch: int) -> None:
+        """The checkpoint of ``epoch`` (atomic), metrics.csv/json and the learning curves."""
+        save_checkpoint(self.dir / "checkpoints", epoch, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "update_rules": [r.state_dict() for r in self.rules] if self.rules is not None else None,
             "epoch": epoch,
-            "metrics": metrics, "config": asdict(config),
-            "solver_stats": [b.stats.as_dict() for b in model.energy_blocks]})
-        _write_metrics(run, metrics)
-        _plot(run, metrics, f"{model.name} on {config.data}, {config.backend} backend, {config.gradient}"
-              + (f", {config.device} devices, {config.update}" if config.device else ""))
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
-            return None
-        log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}% | "
-            f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {row['seconds']:.1f} s, {row['solves']} solves"
-            + (f", {row['pulses']} pulses" if pulses is not None else ""))
-    train_loss, train_acc = evaluate(model, data.x_train, data.y_train, failures=failures, where="final_train")
-    last = metrics[-1] if metrics else {}
-    summary = {
-        "model": model.name, "data": config.data, "backend": config.backend, "gradient": config.gradient,
-        "epochs": len(metrics), "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
-        "train_accuracy": train_acc, "train_loss": train_loss,
-        "seconds": last.get("elapsed_seconds", 0.0), "seed": config.seed,
-        "solver_stats": {**model.solver_stats(), "rescued": sum(m.get("rescued", 0) for m in metrics),
-                         "skipped": sum(m.get("skipped", 0) for m in metrics)},
-        "device": config.device, "update": config.update,
-        "pulses": sum(m.get("pulses", 0) for m in metrics) if config.device else None,
-        "run_dir": str(run), "learning_curves": str(run / "learning_curves.png"),
-    }
-    _atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=1).encode())
-    return summary
+            "metrics": self.metrics, "config": asdict(self.config),
+            "solver_stats": [b.stats.as_dict() for b in self.model.energy_blocks]})
+        _write_metrics(self.dir, self.metrics)
+        c = self.config
+        _plot(self.dir, self.metrics, f"{self.model.name} on {c.data}, {c.backend} backend, {c.gradient}"
+              + (f", {c.device} devices, {c.update}" if c.device else ""))
 
+    def summary(self) -> dict:
+        """Evaluate the final model on the training set and write summary.json; returns it."""
+        c = self.config
+        train_loss, train_acc = evaluate(self.model, self.data.x_train, self.data.y_train, failures=self.failures,
+                                         where="final_train")
+        last = self.metrics[-1] if self.metrics else {}
+        summary = {
+            "model": self.model.name, "data": c.data, "backend": c.backend, "gradient": c.gradient,
+            "epochs": len(self.metrics), "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
+            "train_accuracy": train_acc, "train_loss": train_loss,
+            "seconds": last.get("elapsed_seconds", 0.0), "seed": c.seed,
+            "solver_stats": {**self.model.solver_stats(), "rescued": sum(m.get("rescued", 0) for m in self.metrics),
+                             "skipped": sum(m.get("skipped", 0) for m in self.metrics)},
+            "device": c.device, "update": c.update,
+            "pulses": sum(m.get("pulses", 0) for m in self.metrics) if c.device else None,
+            **{f"{kind}_parameters": n for kind, n in parameter_counts(self.model).items()},
+            "freeze_analog": c.freeze_analog, "freeze_digital": c.freeze_digital,
+            "run_dir": str(self.dir), "learning_curves": str(self.dir / "learning_curves.png"),
+        }
+        _atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=1).encode())
+        return summary
 
-def _rescued(convergence) -> int:
-    """Samples the backend's retries made converge so far (0 for backends without retries)."""
-    return 0 if convergence is None else sum(v for k, v in convergence.items() if k != "failed")
+    @staticmethod
+    def close_backend(backend) -> None:
+        """Stop the backend's worker processes, if any (called whether or not a Run was created)."""
+        if hasattr(backend, "close"):
+            backend.close()
 
 
 def _backend(config: TrainConfig):

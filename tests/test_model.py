@@ -81,3 +81,23 @@ def test_gradcheck_fails_honestly_with_a_huge_beta():
     # input since issue 12), one-sided: biased by O(beta), and the check says so.
     rc, report = _gradcheck("circuits/digits_ffebm.toml", "--beta", "0.025", "--one-sided")
     assert rc == 1 and not report["ok"] and report["max_rel_error"] > 0.01
+
+
+def test_parameter_counts_split_conductances_from_digital_parameters():
+    from ffebm_sim.model import parameter_counts
+    spec = {"name": "counted", "input_size": 6, "loss": {"kind": "cross_entropy"}, "blocks": [
+        {"type": "Linear", "args": {"in_features": 6, "out_features": 4}},       # 6*4 + 4 = 28
+        {"type": "BatchNorm1d", "args": {"num_features": 4}},                    # 4 + 4 (running stats: buffers)
+        {"type": "energy", "circuit": {"layers": [4, 5, 3], "input_gain": 3.0, "bias": {"voltage": 1.0},
+                                       "nonlinearity": {"kind": "double", "diode": {"is": 1e-8, "n": 1.0}},
+                                       "conductances": {"low": 0.0, "high": 1e-4, "seed": 1}}},
+        {"type": "Linear", "args": [3, 2]},                                      # 3*2 + 2 = 8
+    ]}
+    m = build_model(spec)
+    # the energy block: G1 (2*4 x 5), G2 (5 x 3), bias conductances to both rails for 5 + 3 nodes
+    analog = 2 * 4 * 5 + 5 * 3 + 2 * (5 + 3)
+    assert parameter_counts(m) == {"analog": analog, "digital": 28 + 8 + 8}
+    assert sum(p.numel() for p in m.parameters()) == analog + 28 + 8 + 8      # every parameter, once
+    assert {id(p) for p in m.analog_parameters()} == {id(p) for p in m.energy_blocks[0].all_weights()}
+    no_digital = build_model({**spec, "input_size": 4, "blocks": spec["blocks"][2:3]})
+    assert parameter_counts(no_digital) == {"analog": analog, "digital": 0}

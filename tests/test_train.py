@@ -84,6 +84,9 @@ def test_cli_train_json_last_line(tmp_path, tiny):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["epochs"] == 1 and 0 <= summary["test_accuracy"] <= 1
+    # tiny: energy block [8, 8, 10] (2*8*8 + 8*10 conductances), Linear 64->8 (64*8 + 8)
+    assert (summary["analog_parameters"], summary["digital_parameters"]) == (208, 520)
+    assert "parameters: 208 analog (28.6 %), 520 digital\n" in r.stderr     # stdout holds the JSON alone
     assert "Traceback" not in r.stderr
 
 
