@@ -353,13 +353,22 @@ def _internal_network(elements: Elements):
     return elements._cache["internal"]
 
 
+def _internal_map(elements: Elements) -> tuple[np.ndarray, np.ndarray]:
+    """(the nodes the internal network touches, ``X = L_II^-1 L_IT``), so internal = ``-X @ V_T`` (cached)."""
+    if "internal_map" not in elements._cache:
+        lu, l_ik, outer, _ = _internal_network(elements)
+        used = np.unique(l_ik.nonzero()[1])
+        elements._cache["internal_map"] = (outer[used], lu.solve(l_ik[:, used].toarray()))
+    return elements._cache["internal_map"]
+
+
 def solve_internal(elements: Elements, V: np.ndarray) -> np.ndarray:
     """``(B, n_unknown - n_free)``: the crossbar internal nodes' voltages that satisfy KCL there,
-    given every other node of ``V`` (``L_II x_I = -L_IK x_K`` over the conductances; sparse LU, cached)."""
+    given every other node of ``V``: ``x_I = -L_II^-1 L_IT x_T`` over the conductances (sparse LU once)."""
     if elements.n_unknown == elements.n_free:
         return np.zeros((V.shape[0], 0))
-    lu, l_ik, outer, _ = _internal_network(elements)
-    return lu.solve(-(l_ik @ V[:, outer].T)).T
+    terminals, X = _internal_map(elements)
+    return -(V[:, terminals] @ X.T)
 
 
 def kron_couplings(elements: Elements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -374,9 +383,8 @@ def kron_couplings(elements: Elements) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return elements._cache["kron"]
     lu, l_ik, outer, diag = _internal_network(elements)
     used = np.unique(l_ik.nonzero()[1])
-    l_it = l_ik[:, used].toarray()
-    Y = np.diag(diag[used]) - l_it.T @ lu.solve(l_it)
-    nodes = outer[used]
+    nodes, X = _internal_map(elements)
+    Y = np.diag(diag[used]) - l_ik[:, used].toarray().T @ X
     i, j = np.triu_indices(len(used), 1)
     g = -Y[i, j]
     keep = (g >= 1e-30) & ((nodes[i] < elements.n_free) | (nodes[j] < elements.n_free))
@@ -417,15 +425,26 @@ def law_currents_a(elements: Elements, V: np.ndarray, nudge_currents_a=None) -> 
     return out
 
 
+def _incidence(elements: Elements, n: int, g: BranchGroup):
+    """Sparse ``(n_branches, n_nodes)`` incidence of group ``n``: +1 at ``a``, -1 at ``b`` (cached)."""
+    key = ("incidence", n)
+    if key not in elements._cache:
+        from scipy.sparse import coo_matrix
+        rows = np.concatenate([np.arange(g.size), np.arange(g.size)])
+        vals = np.concatenate([np.ones(g.size), -np.ones(g.size)])
+        elements._cache[key] = coo_matrix((vals, (rows, np.concatenate([g.a, g.b]))),
+                                          shape=(g.size, elements.n_nodes)).tocsc()
+    return elements._cache[key]
+
+
 def leaving_currents_a(elements: Elements, currents: list[np.ndarray | None]) -> np.ndarray:
     """``(B, n_nodes)``: the net current (A) the given branches draw out of every node (KCL residual)."""
     B = next(c.shape[0] for c in currents if c is not None)
-    out = np.zeros((elements.n_nodes, B))
-    for g, i in zip(elements.groups, currents):
+    out = np.zeros((B, elements.n_nodes))
+    for n, (g, i) in enumerate(zip(elements.groups, currents)):
         if i is not None:
-            np.add.at(out, g.a, i.T)
-            np.add.at(out, g.b, -i.T)
-    return out.T
+            out += np.asarray((_incidence(elements, n, g).T @ i.T).T)
+    return out
 
 
 def branch_currents_a(elements: Elements, V: np.ndarray, nudge_currents_a=None,
