@@ -210,6 +210,8 @@ def test_analyze_writes_report_tables_pictures_and_json(trained):
     assert b["settling_s_worst"] >= b["settling_s_median"]
     assert set(b["phases"]) == {"free", "nudged +beta", "nudged -beta"}
     assert b["phases"]["free"]["tellegen_max_rel"] < 1e-9 and b["reference_max_abs_dv_v"] < 1e-9
+    assert all(p["power_balance_rel_error"] <= 1e-9 for p in b["phases"].values())
+    assert b["power_balance_rel_error"] == max(p["power_balance_rel_error"] for p in b["phases"].values())
     assert len(b["phases"]["free"]["power_by_layer_w_mean"]) == 2
     # every picture and table the report points at exists
     report = (out / "report.md").read_text()

@@ -2,7 +2,9 @@
 
 ``ffebm analyze MODEL --checkpoint CKPT --out DIR`` (:mod:`.cli`); the library:
 
-* :func:`.power.element_powers`: every element's and source's power from node voltages;
+* :func:`.power.element_powers`: every element's and source's power from node voltages, by kind and layer
+  (a summary of :func:`ffebm_sim.elements.branch_power_w`);
+* :func:`.phases.solve_phase`: ngspice's operating points of a phase, every node read, and their power balance;
 * :mod:`.settling`: node capacitances, the transient deck, settling times;
 * :mod:`.tables`: conductance CSVs, their round trip to a block spec's ``.npz``, pulse counts;
 * :func:`.analysis.analyze_model`: the whole analysis, returned as files (written by

@@ -3,10 +3,13 @@
 For every energy block of the model, on ``samples`` inputs drawn from the
 data set's test split (seeded) and propagated through the trained chain:
 
-1. **Static power** (:mod:`.power`): ngspice ``op`` of the emitted deck per
-   sample, every element's power from the node voltages, split by layer;
-   checked against the power the sources deliver according to ngspice's own
-   branch currents (Tellegen), and the node voltages against the torch
+1. **Static power** (:mod:`.phases`, :mod:`.power`): an ngspice operating point
+   of the emitted deck per sample, every node read (crossbar internal nodes
+   included); every branch's power from :mod:`ffebm_sim.elements` at those
+   voltages (wires, mismatch and temperature in the elements), split by kind
+   and layer; energy conservation checked against the power the sources
+   deliver according to ngspice's own branch currents
+   (``power_balance_rel_error``), and the node voltages against the torch
    reference solver. Free phase, and the nudged phases EP runs in training
    (``+beta`` and, when centered, ``-beta``, with the nudge EP would apply
    for that sample's true loss gradient).
@@ -40,9 +43,9 @@ import torch
 
 from ..backends.reference import ReferenceBackend
 from ..blocks import EnergyBlock, Quantizer
-from ..circuit import clamp_diode_voltage, clamp_node_current, node_name
+from ..circuit import node_name
 from ..data import load_dataset
-from ..devices import DiodeModel, diode_current, pwl_current_and_conductance
+from ..elements import Elements, law_currents_a
 from ..ep import current_nudge_amplitudes, resistive_nudge_conductance_s
 from ..errors import SpecError
 from ..model import FFEBM, build_model
@@ -52,10 +55,11 @@ from ..outputs import check_output_dir, dir_mode, user_error, write_marker
 from ..progress import Progress
 from ..spec import read_toml
 from . import figures
+from .phases import Phase, solve_phase
 from .power import element_powers
 from .settling import (DEFAULT_NODE_CAPACITANCE_F, DEFAULT_WIRE_CAPACITANCE_F, SETTLE_FRACTION, BAND_FLOOR_V,
-                       check_capacitance, node_capacitances, simulate_step, slowest_time_constant)
-from .spice import dc_sweep, operating_points
+                       check_capacitance, kron_reduced_deck, node_capacitances, simulate_step, slowest_time_constant)
+from .spice import dc_sweep
 from .tables import block_spec_toml, npz_bytes, read_table, table_csv
 
 #: Keys `ffebm analyze` reads from a model spec's energy-block entry.
@@ -193,175 +197,232 @@ def _integrate(t: np.ndarray, p: np.ndarray, t_end: float) -> float:
     return float(np.sum(0.5 * (pp[1:] + pp[:-1]) * np.diff(tt)))
 
 
-class _Phase:
-    """The samples of one phase of one block: ngspice operating points and the nudge that made them."""
-
-    def __init__(self, name, x, power, tellegen, messages, currents=None, g_nudge=0.0, targets=None):
-        self.name, self.x, self.power, self.tellegen, self.messages = name, x, power, tellegen, messages
-        self.currents, self.g_nudge, self.targets = currents, g_nudge, targets
-
-    def nudge_kwargs(self, b=None):
-        sel = (lambda a: a) if b is None else (lambda a: a[b])
-        kw = {}
-        if self.currents is not None:
-            kw["nudge_currents_a"] = sel(self.currents)
-        if self.g_nudge:
-            kw["nudge_conductance_s"] = self.g_nudge
-            kw["nudge_target_v"] = sel(self.targets)
-        return kw
-
-
-def _phase(name, circuit, u, currents=None, g_nudge=0.0, targets=None) -> _Phase:
-    op = operating_points(circuit, u, currents, g_nudge, targets)
-    kw = {"nudge_currents_a": currents} if currents is not None else {}
-    if g_nudge:
-        kw.update(nudge_conductance_s=g_nudge, nudge_target_v=targets)
-    good = np.array([m == "" for m in op.messages])
-    x = np.where(good[:, None], op.node_voltages_v, 0.0)
-    power = element_powers(circuit, u, x, **kw)
-    net = power.network_w
-    tellegen = np.abs(net - np.where(good, op.source_power_w, net)) / np.maximum(np.abs(net), 1e-300)
-    return _Phase(name, np.where(good[:, None], op.node_voltages_v, np.nan), power, tellegen[good], op.messages,
-                  currents, g_nudge, targets)
-
-
 def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor, options: AnalyzeOptions,
                   files: dict[str, bytes], log) -> dict:
-    block = info.module
-    circuit = block.circuit.as_emitted()
-    name = circuit.name
-    if not getattr(circuit, "is_ideal_hardware", True):
-        # Element powers, capacitances and tables here use the nominal conductances, 27 C junctions and
-        # no line resistance; a circuit with non-idealities would be reported wrongly, so refuse it.
-        raise SpecError(f"{name}: has non-idealities (wire resistance, mismatch or temperature); "
-                        "`ffebm analyze` models ideal hardware only for now; remove them from the block spec")
+    """Everything ``ffebm analyze`` reports for one energy block (module docstring); writes into ``files``."""
+    circuit = info.module.circuit.as_emitted()
     u = signals["u"].numpy()
-    B = u.shape[0]
-    n_out = circuit.n_outputs
-    out_slice = circuit.layer_slice(circuit.depth)
-    caps = node_capacitances(circuit, info.node_capacitance_f, info.wire_capacitance_f)
+    phases = _solve_phases(info, circuit, u, signals, model, y, options, log)
+    settling = _settle_phases(info, circuit, u, phases, log)
+    summaries = {ph.name: _phase_summary(ph, settling, free=k == 0) for k, ph in enumerate(phases)}
+    _write_tables(info, circuit, files)
+    pics, iv_rel = _write_figures(info, circuit, phases, settling, files)
+    return _block_result(info, circuit, u, phases, settling, summaries, pics, iv_rel)
+
+
+# ---- operating points -------------------------------------------------------------------------
+
+def _solve_phases(info: BlockInfo, circuit, u, signals, model: FFEBM, y, options: AnalyzeOptions, log) -> list[Phase]:
+    """ngspice's operating points: the free phase, then the nudged phases EP applies for each sample's loss gradient."""
+    block, name, B = info.module, circuit.name, u.shape[0]
     t0 = time.perf_counter()
-    ops = Progress(B * (1 + (0 if not options.nudged else 2 if block.centered else 1)),
+    bar = Progress(B * (1 + (0 if not options.nudged else 2 if block.centered else 1)),
                    f"analyze {name}: operating points", unit="samples")
-    free = _phase("free", circuit, u)
-    ops.update(B)
-    ref = ReferenceBackend(ideal_as_clip=False).solve(circuit, torch.from_numpy(u))
-    ref_dv = float(np.nanmax(np.abs(ref.node_voltages_v.numpy() - free.x))) if ref.ok else float("nan")
+    free = solve_phase("free", circuit, u)
+    bar.update(B)
     phases = [free]
-
-    # ---- nudged phases: the nudge EP applies for this sample's loss gradient ----
-    last = block is model.energy_blocks[-1]
-    resistive = last and model.loss_kind == "mse" and model.resistive
     if options.nudged:
-        signs = (+1.0, -1.0) if block.centered else (+1.0,)
-        if resistive:
-            targets = model.target_voltages(y, n_out).numpy()
-            beta_s = resistive_nudge_conductance_s(circuit, torch.from_numpy(free.x[:, out_slice]),
-                                                   torch.from_numpy(targets), block.beta_v)
-            for sign in signs:
-                phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
-                                     g_nudge=sign * beta_s, targets=targets))
-                ops.update(B)
-        elif "delta" in signals:
-            delta = signals["delta"].numpy()
-            beta = current_nudge_amplitudes(circuit, torch.from_numpy(delta), block.beta_v).numpy()
-            for sign in signs:
-                phases.append(_phase("nudged +beta" if sign > 0 else "nudged -beta", circuit, u,
-                                     currents=-sign * beta[:, None] * delta))
-                ops.update(B)
-    ops.close()
+        for ph_name, kw in _nudges(info, circuit, free, signals, model, y):
+            phases.append(solve_phase(ph_name, circuit, u, **kw))
+            bar.update(B)
+    bar.close()
     log(f"{name}: operating points of {len(phases)} phase(s) x {B} samples in {time.perf_counter() - t0:.1f} s")
+    return phases
 
-    # ---- settling ----
+
+def _nudges(info: BlockInfo, circuit, free: Phase, signals, model: FFEBM, y) -> list[tuple[str, dict]]:
+    """(phase name, ``solve_phase`` nudge keywords) of the nudged phases training runs for this block."""
+    block = info.module
+    signs = (+1.0, -1.0) if block.centered else (+1.0,)
+    names = {+1.0: "nudged +beta", -1.0: "nudged -beta"}
+    if block is model.energy_blocks[-1] and model.loss_kind == "mse" and model.resistive:
+        targets = model.target_voltages(y, circuit.n_outputs).numpy()
+        out = circuit.layer_slice(circuit.depth)
+        beta_s = resistive_nudge_conductance_s(circuit, torch.from_numpy(free.x[:, out]), torch.from_numpy(targets),
+                                               block.beta_v)
+        return [(names[s], {"g_nudge": s * beta_s, "targets": targets}) for s in signs]
+    if "delta" not in signals:
+        return []
+    delta = signals["delta"].numpy()
+    beta = current_nudge_amplitudes(circuit, torch.from_numpy(delta), block.beta_v).numpy()
+    return [(names[s], {"currents": -s * beta[:, None] * delta}) for s in signs]
+
+
+def _reference_dv(circuit, u, free: Phase) -> float:
+    """Largest |V_ngspice - V_reference| over the free nodes of the converged samples (V)."""
+    ref = ReferenceBackend(ideal_as_clip=False).solve(circuit, torch.from_numpy(u))
+    return float(np.nanmax(np.abs(ref.node_voltages_v.numpy() - free.x))) if ref.ok else float("nan")
+
+
+# ---- settling ---------------------------------------------------------------------------------
+
+@dataclass
+class _Settling:
+    """Per phase name: per-sample settling, energy, time constants, messages; the worst waveform."""
+
+    results: dict
+    worst: dict
+    prev_x: np.ndarray          # (B, n_free): where the free phase's transients start
+    adc_half_lsb: float | None
+    caps: np.ndarray
+
+
+def _adc_half_lsb(info: BlockInfo) -> float | None:
+    adc = info.adc
+    if adc is None or not adc.bits:
+        return None
+    return 0.5 * (adc.hi - adc.lo) / (2 ** adc.bits - 1) / abs(info.module.output_gain)
+
+
+def _settle_phases(info: BlockInfo, circuit, u, phases: list[Phase], log) -> _Settling:
+    """ngspice transients of every sample of every phase (free: from the previous sample; nudged: from free)."""
+    B, free, name = u.shape[0], phases[0], circuit.name
     t0 = time.perf_counter()
-    adc_half_lsb = None
-    if info.adc is not None and info.adc.bits:
-        adc_half_lsb = 0.5 * (info.adc.hi - info.adc.lo) / (2 ** info.adc.bits - 1) / abs(block.output_gain)
-    prev_x = free.x[(np.arange(B) - 1) % B] if B > 1 else None
-    if B == 1:      # one sample: step from the equilibrium at zero input
-        prev_x = operating_points(circuit, np.zeros_like(u)).node_voltages_v
-    results = {}
-    worst_waves = {}
+    caps = node_capacitances(circuit, info.node_capacitance_f, info.wire_capacitance_f)
+    prev_x = free.x[(np.arange(B) - 1) % B] if B > 1 else \
+        solve_phase("start", circuit, np.zeros_like(u)).x        # one sample: step from the equilibrium at zero input
+    out = _Settling({}, {}, prev_x, _adc_half_lsb(info), caps)
     bar = Progress(B * len(phases), f"analyze {name}: settling", unit="transients")
     for k, ph in enumerate(phases):
-        settle, settle_adc, energy, taus, msgs = [], [], [], [], []
+        r = {"settle": [], "settle_adc": [], "energy": [], "tau": [], "messages": []}
         worst = None
         for b in range(B):
             bar.set(k * B + b)
-            if ph.messages[b] or (ph is free and not np.isfinite(prev_x[b]).all()) or \
-                    (ph is not free and free.messages[b]):
-                settle.append(None); settle_adc.append(None); energy.append(None); taus.append(None)
-                msgs.append(ph.messages[b] or "start point failed")
-                continue
             start = prev_x[b] if ph is free else free.x[b]
-            final = ph.x[b]
-            if ph is free:
-                band = SETTLE_FRACTION * np.maximum(np.abs(final[out_slice]), np.abs(final[out_slice] - start[out_slice]))
-            else:
-                band = np.full(n_out, SETTLE_FRACTION * float(np.abs(final[out_slice] - start[out_slice]).max()))
-            band = np.maximum(band, BAND_FLOOR_V)
-            kw = ph.nudge_kwargs(b)
-            deck = emit_deck(circuit, u[b], control=False, **kw)
-            tau = slowest_time_constant(circuit, np.stack([start, final]), caps, ph.g_nudge)
-            tr = simulate_step(circuit, deck, start, final, caps, out_slice, band,
-                               adc_half_lsb if ph is free else None, ph.g_nudge, tau)
-            if tr.message:
-                msgs.append(tr.message)
-            if tr.time_s.size == 0:
-                settle.append(None); settle_adc.append(None); energy.append(None); taus.append(tau)
+            if ph.messages[b] or not np.isfinite(start).all():
+                for key in ("settle", "settle_adc", "energy", "tau"):
+                    r[key].append(None)
+                r["messages"].append(ph.messages[b] or "start point failed")
                 continue
-            pw = element_powers(circuit, u[b][None, :], tr.node_voltages_v,
-                                **{k: (np.broadcast_to(v, (len(tr.time_s), n_out)) if isinstance(v, np.ndarray) else v)
-                                   for k, v in kw.items()})
-            e = _integrate(tr.time_s, pw.supplied_w, tr.settling_s)
-            settle.append(tr.settling_s); settle_adc.append(tr.settling_adc_s); energy.append(e); taus.append(tau)
+            tr, band, tau, energy = _settle_one(circuit, u[b], ph, b, start, caps, out.adc_half_lsb if ph is free else None)
+            if tr.message:
+                r["messages"].append(tr.message)
+            settled = tr.time_s.size > 0
+            r["settle"].append(tr.settling_s if settled else None)
+            r["settle_adc"].append(tr.settling_adc_s if settled else None)
+            r["energy"].append(energy)
+            r["tau"].append(tau)
             key = tr.settling_s if not np.isnan(tr.settling_s) else -1.0      # inf (not settled) is the worst
-            if worst is None or key > worst[0]:
-                worst = (key, b, tr, band, final)
-        results[ph.name] = {"settle": settle, "settle_adc": settle_adc, "energy": energy, "tau": taus, "messages": msgs}
-        worst_waves[ph.name] = worst
+            if settled and (worst is None or key > worst[0]):
+                worst = (key, b, tr, band, ph.x[b])
+        out.results[ph.name], out.worst[ph.name] = r, worst
     bar.close()
-    log(f"{name}: {sum(len(r['settle']) for r in results.values())} transients in {time.perf_counter() - t0:.1f} s")
+    log(f"{name}: {B * len(phases)} transients in {time.perf_counter() - t0:.1f} s")
+    return out
 
-    # ---- the summary of the block ----
-    def phase_summary(ph):
-        r = results[ph.name]
-        good = [m == "" for m in ph.messages]
-        p = ph.power
-        s = _stats(r["settle"])
-        e = _stats(r["energy"])
-        out = {
-            "samples": int(sum(good)),
-            "power_w_mean": float(p.total_w[good].mean()) if any(good) else None,
-            "power_w_median": float(np.median(p.total_w[good])) if any(good) else None,
-            "power_w_max": float(p.total_w[good].max()) if any(good) else None,
-            "network_power_w_mean": float(p.network_w[good].mean()) if any(good) else None,
-            "absorbed_by_sources_w_mean": float(p.absorbed_w[good].mean()) if any(good) else None,
-            "power_by_layer_w_mean": [float(v) for v in p.layers_w[good].mean(0)] if any(good) else None,
-            "resistors_by_layer_w_mean": [float(v) for v in p.resistors_w[good].mean(0)] if any(good) else None,
-            "nonlinear_by_layer_w_mean": [float(v) for v in p.nonlinear_w[good].mean(0)] if any(good) else None,
-            "bias_by_layer_w_mean": [float(v) for v in p.bias_w[good].mean(0)] if any(good) else None,
-            "sources_delivered_w_mean": {k: float(v[good].sum(1).mean()) for k, v in p.sources_w.items()} if any(good) else {},
-            "tellegen_max_rel": float(ph.tellegen.max()) if ph.tellegen.size else None,
-            "settling_s_median": s["median"], "settling_s_worst": s["worst"], "settling_s_mean": s["mean"],
-            "energy_j_mean": e["mean"], "energy_j_median": e["median"], "energy_j_worst": e["worst"],
-            "tau_max_s_median": _stats(r["tau"])["median"],
-            "not_settled": int(sum(1 for v in r["settle"] if v is not None and not np.isfinite(v))),
-            "failures": sorted({m for m in list(ph.messages) + r["messages"] if m})[:5],
-        }
-        if ph is free and adc_half_lsb is not None:
-            sa = _stats(r["settle_adc"])
-            out.update(settling_adc_s_median=sa["median"], settling_adc_s_worst=sa["worst"], adc_half_lsb_v=adc_half_lsb)
-        return out
 
-    summaries = {ph.name: phase_summary(ph) for ph in phases}
+def _settle_one(circuit, u_b, ph: Phase, b: int, start, caps, adc_half_lsb):
+    """One transient: (Transient, band (V), slowest time constant (s), supplied energy to settling (J) or None)."""
+    out_slice = circuit.layer_slice(circuit.depth)
+    final = ph.x[b]
+    move = np.abs(final[out_slice] - start[out_slice])
+    if ph.name == "free":
+        band = SETTLE_FRACTION * np.maximum(np.abs(final[out_slice]), move)
+    else:
+        band = np.full(circuit.n_outputs, SETTLE_FRACTION * float(move.max()))
+    band = np.maximum(band, BAND_FLOOR_V)
+    kw = ph.nudge_kwargs(b)
+    deck = kron_reduced_deck(emit_deck(circuit, u_b, control=False, **kw), ph.elements)
+    tau = slowest_time_constant(circuit, np.stack([start, final]), caps, ph.g_nudge)
+    tr = simulate_step(circuit, deck, start, final, caps, out_slice, band, adc_half_lsb, ph.g_nudge, tau)
+    if tr.time_s.size == 0:
+        return tr, band, tau, None
+    # the crossbar's internal nodes hold no charge: element_powers solves them from the free nodes at each instant
+    pw = element_powers(circuit, u_b, tr.node_voltages_v, elements=ph.elements, **kw)
+    return tr, band, tau, _integrate(tr.time_s, pw.supplied_w, tr.settling_s)
+
+
+# ---- summaries --------------------------------------------------------------------------------
+
+def _mean_by_layer(a: np.ndarray | None, good) -> list[float] | None:
+    return None if a is None or not good.any() else [float(v) for v in a[good].mean(0)]
+
+
+def _phase_summary(ph: Phase, settling: _Settling, free: bool) -> dict:
+    """One phase's numbers for ``analysis.json``: power (mean over the converged samples), balance, settling, energy."""
+    r = settling.results[ph.name]
+    good, p = ph.good, ph.power
+    any_good = bool(good.any())
+
+    def over(values, how):
+        return float(how(values[good])) if any_good else None
+
+    s, e = _stats(r["settle"]), _stats(r["energy"])
+    balance = float(ph.balance.max()) if ph.balance.size else None
+    out = {
+        "samples": int(good.sum()),
+        "power_w_mean": over(p.total_w, np.mean), "power_w_median": over(p.total_w, np.median),
+        "power_w_max": over(p.total_w, np.max),
+        "network_power_w_mean": over(p.network_w, np.mean),
+        "absorbed_by_sources_w_mean": over(p.absorbed_w, np.mean),
+        "power_by_layer_w_mean": _mean_by_layer(p.layers_w, good),
+        "resistors_by_layer_w_mean": _mean_by_layer(p.resistors_w, good),
+        "wires_by_layer_w_mean": _mean_by_layer(p.wires_w, good),
+        "nonlinear_by_layer_w_mean": _mean_by_layer(p.nonlinear_w, good),
+        "bias_by_layer_w_mean": _mean_by_layer(p.bias_w, good),
+        "sources_delivered_w_mean": {k: float(v[good].sum(1).mean()) for k, v in p.sources_w.items()} if any_good else {},
+        "power_balance_rel_error": balance,
+        "power_balance_rel_error_mean": float(ph.balance.mean()) if ph.balance.size else None,
+        "tellegen_max_rel": balance,             # the earlier name of power_balance_rel_error
+        "settling_s_median": s["median"], "settling_s_worst": s["worst"], "settling_s_mean": s["mean"],
+        "energy_j_mean": e["mean"], "energy_j_median": e["median"], "energy_j_worst": e["worst"],
+        "tau_max_s_median": _stats(r["tau"])["median"],
+        "not_settled": int(sum(1 for v in r["settle"] if v is not None and not np.isfinite(v))),
+        "failures": sorted({m for m in list(ph.messages) + r["messages"] if m})[:5],
+    }
+    if free and settling.adc_half_lsb is not None:
+        sa = _stats(r["settle_adc"])
+        out.update(settling_adc_s_median=sa["median"], settling_adc_s_worst=sa["worst"],
+                   adc_half_lsb_v=settling.adc_half_lsb)
+    return out
+
+
+def _non_idealities(circuit) -> dict:
+    mm = circuit.mismatch
+    return {"wire_resistance_ohm": circuit.wire_resistance_ohm, "temperature_c": circuit.temperature_c,
+            "mismatch": None if mm is None else {"conductance_sigma": mm.conductance_sigma, "is_sigma": mm.is_sigma,
+                                                 "n_sigma": mm.n_sigma, "seed": int(mm.seed)}}
+
+
+def _block_result(info: BlockInfo, circuit, u, phases, settling: _Settling, summaries, pics, iv_rel) -> dict:
     fs = summaries["free"]
     nudged = [summaries[ph.name] for ph in phases[1:]]
     training_energy = None
     if nudged and fs["energy_j_mean"] is not None and all(n["energy_j_mean"] is not None for n in nudged):
         training_energy = fs["energy_j_mean"] + sum(n["energy_j_mean"] for n in nudged)
+    balances = [s["power_balance_rel_error"] for s in summaries.values() if s["power_balance_rel_error"] is not None]
+    name = circuit.name
+    return {
+        "name": name, "index": info.index, "layers": list(circuit.layer_sizes),
+        "nonlinearity": [None if circuit.layer_nonlinearity(k) is None else circuit.layer_nonlinearity(k).kind
+                         for k in range(1, circuit.depth + 1)],
+        "resistors": int(sum(int((np.asarray(g) > 0).sum()) for g in circuit.conductances)),
+        "non_idealities": _non_idealities(circuit),
+        "nodes_solved": phases[0].elements.n_unknown,
+        "samples": u.shape[0],
+        "node_capacitance_f": info.node_capacitance_f, "wire_capacitance_f": info.wire_capacitance_f,
+        "node_capacitance_f_mean": float(settling.caps.mean()),
+        # the headline numbers (free phase = inference)
+        "power_w_mean": fs["power_w_mean"],
+        "settling_s_median": fs["settling_s_median"],
+        "settling_s_worst": fs["settling_s_worst"],
+        "energy_j_per_inference": fs["energy_j_mean"],
+        "energy_j_per_training_sample": training_energy,
+        "power_balance_rel_error": max(balances) if balances else None,
+        "reference_max_abs_dv_v": _reference_dv(circuit, u, phases[0]),
+        "iv_max_rel_diff": iv_rel,
+        "device": info.device, "adc_half_lsb_v": settling.adc_half_lsb,
+        "phases": summaries,
+        "tables": {"csv": f"tables/{name}.csv", "npz": f"tables/{name}.npz", "spec": f"tables/{name}.toml"},
+        "figures": pics,
+    }
 
-    # ---- tables ----
+
+# ---- tables -----------------------------------------------------------------------------------
+
+def _write_tables(info: BlockInfo, circuit, files: dict[str, bytes]) -> None:
+    """The conductance table (CSV), its npz and the block spec that rebuilds the trained block."""
+    name = circuit.name
     device = None
     if info.device:
         from ..hardware import get_device
@@ -369,7 +430,7 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
         if not g_hi > info.g_min_s:
             raise SpecError(f"{name}: device range [{info.g_min_s}, {g_hi}] S is empty; set g_max in the energy block entry")
         device = get_device(info.device, info.g_min_s, g_hi)
-    csv_text = table_csv(block.circuit, device)
+    csv_text = table_csv(info.module.circuit, device)
     files[f"tables/{name}.csv"] = csv_text.encode()
     with tempfile.TemporaryDirectory() as tmp:       # the npz is built from the CSV: what a user gets back
         (Path(tmp) / "t.csv").write_text(csv_text)
@@ -380,86 +441,59 @@ def analyze_block(info: BlockInfo, signals: dict, model: FFEBM, y: torch.Tensor,
         f"{name}: block spec with the trained conductances (written by ffebm analyze).\n"
         f"ffebm netlist tables/{name}.toml -o {name}.cir   # a standalone deck").encode()
 
-    # ---- pictures ----
-    pics = {}
-    pics["conductances"] = f"figures/{name}_conductances.png"
-    files[pics["conductances"]] = figures.conductance_histograms(name, list(block.circuit.conductances), info.g_max_s)
-    good = np.array([m == "" for m in free.messages])
-    layer_v = [free.x[good][:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
-    pics["node_voltages"] = f"figures/{name}_node_voltages.png"
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def _write_figures(info: BlockInfo, circuit, phases: list[Phase], settling: _Settling,
+                   files: dict[str, bytes]) -> tuple[dict, float | None]:
+    """(the figures' paths, the I-V sweep's largest relative difference from the element law)."""
+    name, free = circuit.name, phases[0]
+    pics = {"conductances": f"figures/{name}_conductances.png", "node_voltages": f"figures/{name}_node_voltages.png"}
+    files[pics["conductances"]] = figures.conductance_histograms(name, list(info.module.circuit.conductances),
+                                                                 info.g_max_s)
+    layer_v = [free.x[free.good][:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
     files[pics["node_voltages"]] = figures.node_voltage_histograms(name, layer_v)
-    iv = _iv_figures(circuit, layer_v, files)
+    iv = _iv_figures(circuit, free.elements, layer_v, files)
     pics["iv"] = iv["files"]
-    panels = []
-    for ph in phases:
-        w = worst_waves.get(ph.name)
-        if w is None:
-            continue
-        _, b, tr, band, final = w
-        start = prev_x[b] if ph is free else free.x[b]
-        moves = np.abs(final[out_slice] - start[out_slice])
-        cols = np.argsort(-moves)[:WAVEFORM_OUTPUTS]
-        panels.append({"title": f"{ph.name}, worst sample ({b})", "t": tr.time_s,
-                       "v": tr.node_voltages_v[:, out_slice][:, cols], "final": final[out_slice][cols],
-                       "band": band[cols], "settle": tr.settling_s, "labels": [node_name(circuit.depth, int(j)) for j in cols],
-                       "offset": None if ph is free else start[out_slice][cols]})
+    panels = [_settling_panel(circuit, ph, free, settling) for ph in phases if settling.worst.get(ph.name) is not None]
     if panels:
         pics["settling"] = f"figures/{name}_settling.png"
         files[pics["settling"]] = figures.settling_waveforms(name, panels)
-
-    return {
-        "name": name, "index": info.index, "layers": list(circuit.layer_sizes),
-        "nonlinearity": [None if circuit.layer_nonlinearity(k) is None else circuit.layer_nonlinearity(k).kind
-                         for k in range(1, circuit.depth + 1)],
-        "resistors": int(sum(int((np.asarray(g) > 0).sum()) for g in circuit.conductances)),
-        "samples": B,
-        "node_capacitance_f": info.node_capacitance_f, "wire_capacitance_f": info.wire_capacitance_f,
-        "node_capacitance_f_mean": float(caps.mean()),
-        # the headline numbers (free phase = inference)
-        "power_w_mean": fs["power_w_mean"],
-        "settling_s_median": fs["settling_s_median"],
-        "settling_s_worst": fs["settling_s_worst"],
-        "energy_j_per_inference": fs["energy_j_mean"],
-        "energy_j_per_training_sample": training_energy,
-        "reference_max_abs_dv_v": ref_dv,
-        "iv_max_rel_diff": iv["max_rel_diff"],
-        "device": info.device, "adc_half_lsb_v": adc_half_lsb,
-        "phases": summaries,
-        "tables": {"csv": f"tables/{name}.csv", "npz": f"tables/{name}.npz", "spec": f"tables/{name}.toml"},
-        "figures": pics,
-    }
+    return pics, iv["max_rel_diff"]
 
 
-def _iv_figures(circuit, layer_v, files) -> dict:
-    """The nonlinearity of each layer, swept by ngspice on the emitted subcircuit."""
+def _settling_panel(circuit, ph: Phase, free_phase: Phase, settling: _Settling) -> dict:
+    """The worst sample's output waveforms of one phase (the outputs that move most)."""
+    out_slice = circuit.layer_slice(circuit.depth)
+    _, b, tr, band, final = settling.worst[ph.name]
+    free = ph is free_phase
+    start = settling.prev_x[b] if free else free_phase.x[b]
+    moves = np.abs(final[out_slice] - start[out_slice])
+    cols = np.argsort(-moves)[:WAVEFORM_OUTPUTS]
+    return {"title": f"{ph.name}, worst sample ({b})", "t": tr.time_s,
+            "v": tr.node_voltages_v[:, out_slice][:, cols], "final": final[out_slice][cols],
+            "band": band[cols], "settle": tr.settling_s, "labels": [node_name(circuit.depth, int(j)) for j in cols],
+            "offset": None if free else start[out_slice][cols]}
+
+
+def _iv_figures(circuit, elements: Elements, layer_v, files) -> dict:
+    """The nonlinearity of each layer, swept by ngspice on the emitted element of node 0, beside its element law."""
     out = {"files": [], "max_rel_diff": None}
-    seen = {}
+    seen = set()
     for k in range(1, circuit.depth + 1):
         nl = circuit.layer_nonlinearity(k)
-        if nl is None:
+        if nl is None or (repr(nl) in seen and not circuit.has_diode_mismatch):
             continue
-        key = repr(nl)
-        if key in seen:
-            continue
-        seen[key] = k
-        deck = emit_deck(circuit, control=False)
-        sweep = _iv_deck(deck, k)
+        seen.add(repr(nl))
+        sweep = _iv_deck(emit_deck(circuit, control=False), k)
         x = layer_v[k - 1]
-        reach = float(np.max(np.abs(x))) + 0.02 if x.size else 0.0
-        if nl.kind != "pwl":
-            # up to ~10 mA through one junction, or just past the node voltages seen, whichever is wider
-            d = nl.emitted_diode
-            lim = abs(nl.v_off_v) + d.vte * math.log(1e-2 / d.saturation_current_a)
-            cap = abs(nl.v_off_v) + d.vte * math.log(1.0 / d.saturation_current_a)      # ~1 A: never beyond
-            lo_v, hi_v = -max(lim, min(reach, cap)), max(lim, min(reach, cap))
-        else:
-            lo_v, hi_v = min(nl.table.voltages_v) - 0.1, max(nl.table.voltages_v) + 0.1
+        lo_v, hi_v = _iv_range(nl, x)
         node = node_name(k, 0)
         data = dc_sweep(sweep, "vffebm_iv", lo_v, hi_v, (hi_v - lo_v) / 600, [node, "vffebm_iv#branch"])
         if data is None:
             continue
         v, i_spice = data[:, 0], -data[:, 1]           # current the source pushes into the element
-        i_law = _element_current(circuit, nl, v, k)
+        i_law = _element_current(elements, node, v)
         rel = float(np.max(np.abs(i_spice - i_law)) / max(float(np.max(np.abs(i_spice))), 1e-300))
         out["max_rel_diff"] = rel if out["max_rel_diff"] is None else max(out["max_rel_diff"], rel)
         v_range = (float(np.min(x)), float(np.max(x))) if x.size else None
@@ -469,11 +503,22 @@ def _iv_figures(circuit, layer_v, files) -> dict:
     return out
 
 
+def _iv_range(nl, x) -> tuple[float, float]:
+    """Sweep limits (V): up to ~10 mA through one junction, or just past the node voltages seen, whichever is wider."""
+    if nl.kind == "pwl":
+        return min(nl.table.voltages_v) - 0.1, max(nl.table.voltages_v) + 0.1
+    reach = float(np.max(np.abs(x))) + 0.02 if x.size else 0.0
+    d = nl.emitted_diode
+    lim = abs(nl.v_off_v) + d.vte * math.log(1e-2 / d.saturation_current_a)
+    cap = abs(nl.v_off_v) + d.vte * math.log(1.0 / d.saturation_current_a)      # ~1 A: never beyond
+    return -max(lim, min(reach, cap)), max(lim, min(reach, cap))
+
+
 def _iv_deck(deck: str, k: int) -> str:
-    """The emitted deck's options, models and layer-k rails plus one element, driven by ``vffebm_iv``."""
-    lines = deck.splitlines()
+    """The emitted deck's options, models and layer-k rails plus node 0's element(s), driven by ``vffebm_iv``."""
     keep, in_models = [], False
-    for line in lines:
+    own = (f"vhi{k} ", f"vlo{k} ", f"x{k}_0 ", f"du{k}_0 ", f"dd{k}_0 ")     # subcircuit, or mismatched D cards
+    for line in deck.splitlines():
         low = line.strip().lower()
         if low.startswith(".options"):
             keep.append(line)
@@ -484,26 +529,25 @@ def _iv_deck(deck: str, k: int) -> str:
                 in_models = False
             else:
                 keep.append(line)
-        elif low.startswith((f"vhi{k} ", f"vlo{k} ")) or low.startswith(f"x{k}_0 "):
+        elif low.startswith(own):
             keep.append(line)
     return "\n".join([f"* I-V of layer {k}'s nonlinear element"] + keep +
                      [f"VFFEBM_IV {node_name(k, 0)} 0 DC 0", ".end", ""])
 
 
-def _element_current(circuit, nl, v: np.ndarray, k: int) -> np.ndarray:
-    vt = torch.from_numpy(np.ascontiguousarray(v))
-    if nl.kind == "pwl":
-        i, _ = pwl_current_and_conductance(vt, nl.table)
-        return i.numpy()
-    d = nl.emitted_diode
-    model = DiodeModel(d.saturation_current_a, d.emission_coefficient, circuit.gmin_s)
-    n = circuit.layer_sizes[k]
-    i = torch.zeros_like(vt)
-    for upward, present in ((True, nl.clamps_up(n)[0]), (False, nl.clamps_down(n)[0])):
-        if present:
-            i = i + clamp_node_current(diode_current(clamp_diode_voltage(vt, nl.clamp_rail_v(upward), upward), model),
-                                       upward)
-    return i.numpy()
+def _element_current(elements: Elements, node: str, v: np.ndarray) -> np.ndarray:
+    """Current (A) the nonlinear elements (junctions, PWL) of ``node`` draw out of it at node voltage ``v``,
+    by the element laws (per-device IS and N*Vt at the circuit temperature)."""
+    n = elements.index(node)
+    V = np.zeros((len(v), elements.n_nodes))
+    V[:, elements.fixed_nodes] = elements.fixed_v
+    V[:, n] = v
+    total = np.zeros(len(v))
+    for g, i in zip(elements.groups, law_currents_a(elements, V)):
+        if g.law in ("junction", "pwl"):
+            total += i[:, g.a == n].sum(1) - i[:, g.b == n].sum(1)
+    return total
+
 
 
 # ---- the whole model ---------------------------------------------------------------------------

@@ -1,27 +1,20 @@
-"""Static power of an energy block, element by element, from its node voltages.
+"""Static power of an energy block by element kind and layer: a summary of :mod:`ffebm_sim.elements`.
 
-Every element of the emitted deck is memoryless, so its power at an instant
-is a function of the node voltages alone:
+Every element of the deck is memoryless, so its power at an instant is a
+function of the node voltages alone; :func:`ffebm_sim.elements.branch_power_w`
+gives it branch by branch (``p = v*i``, positive = absorbed), with crossbar
+wires, mismatch and temperature already in the elements. Here the branches
+are summed by kind and layer:
 
-* resistor of conductance ``G`` between nodes at ``Va``, ``Vb``: ``G*(Va - Vb)**2``;
-* bias conductance to a rail at ``Vr``: ``G*(V - Vr)**2``;
-* junction (diode clamp), branch voltage ``vd``: ``vd * i(vd)`` with ngspice's
-  junction law and GMIN (:mod:`ffebm_sim.devices`);
-* PWL element from a node to ground: ``V * i_table(V)``;
-* resistive nudge conductance ``g`` to a target ``y``: ``g*(V - y)**2``.
+* dissipated: resistors (the trained devices), crossbar line segments, bias
+  conductances, junctions and PWL elements per layer 1..m, the resistive
+  nudge conductance;
+* delivered (``-p``) by every source, by group: the input sources
+  (``inputs``), the clamp rails (``clamp_rails``, ``VHI<k>``, ``VLO<k>`` per diode
+  layer), the bias rails (``bias_rails``), the nudge current sources
+  (``nudge``), the resistive-nudge targets (``targets``).
 
-Sources (delivered power, positive when the source pushes energy into the
-network, see :mod:`ffebm_sim.backends.base` for the sign convention):
-
-* each input source ``V(+-i)``: ``V_s * sum_j G1[s,j]*(V_s - V_j)``;
-* each clamp rail (``VHI<k>`` at ``+v_off``, ``VLO<k>`` at ``-v_off``): the rail
-  voltage times the current its diodes draw out of it;
-* the bias rails ``VBP``/``VBM``; every nudge current source ``V_out * I``;
-  every resistive-nudge target source ``y * g*(y - V_out)``.
-
-By Tellegen's theorem the network's dissipation (resistors + junctions +
-nudge conductance) equals the sum of the sources' delivered powers. A source
-whose delivered power is negative is *sinking* power (a clamp rail at
+A source whose delivered power is negative is *sinking* power (a clamp rail at
 ``+v_off`` taking a diode's current, an input driver pulled against its
 voltage); a real driver burns that power in its output stage, so the figure
 we call **total** is
@@ -29,9 +22,10 @@ we call **total** is
     total = dissipated in the network + sum of what sinking sources absorb
           = sum over sources of max(0, delivered power)
 
-(the power the delivering supplies must provide; no energy recovery).
-With every clamp at ``v_off = 0`` and all inputs pushing outward, total and
-network dissipation coincide.
+(the power the delivering supplies must provide; no energy recovery; the two
+lines agree at an equilibrium, where the sources deliver what the network
+dissipates). With every clamp at ``v_off = 0`` and all inputs pushing outward,
+total and network dissipation coincide.
 """
 
 from __future__ import annotations
@@ -39,14 +33,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from ..backends.base import delivered_through_input_layer
-from ..circuit import BlockCircuit, clamp_diode_voltage, source_voltages
-from ..devices import DiodeModel, diode_current, pwl_current_and_conductance
+from ..circuit import BlockCircuit
+from ..elements import Elements, branch_power_w, flatten, node_voltages, power_balance_rel_error
 
-#: Largest number of float64 entries of one broadcast (batch x rows x columns) chunk.
+#: Largest number of float64 node-vector entries evaluated at once (rows x nodes).
 _CHUNK_ENTRIES = 4_000_000
+
+#: Source group kinds of :mod:`ffebm_sim.elements` -> the keys of ``PowerBreakdown.sources_w``.
+SOURCE_KEYS = {"input": "inputs", "clamp_rail": "clamp_rails", "bias_rail": "bias_rails",
+               "nudge_current": "nudge", "target": "targets"}
+#: Dissipating group kinds -> the per-layer attribute of ``PowerBreakdown``.
+LAYER_KEYS = {"resistor": "resistors_w", "wire": "wires_w", "bias": "bias_w", "junction": "nonlinear_w",
+              "pwl": "nonlinear_w"}
 
 
 @dataclass
@@ -61,6 +60,8 @@ class PowerBreakdown:
         sources_w: delivered power of every source by group (``inputs``: ``(B, 2*n0)``,
             ``clamp_rails``: ``(B, 2*k)``, ``bias_rails``: ``(B, 2)``, ``nudge``: ``(B, n_out)``,
             ``targets``: ``(B, n_out)``); only the groups the circuit has.
+        wires_w: ``(B, m)`` dissipated in the crossbar line segments of layers 1..m (zeros without wires).
+        balance_rel: ``(B,)`` :func:`ffebm_sim.elements.power_balance_rel_error` of these powers.
     """
 
     resistors_w: np.ndarray
@@ -68,11 +69,14 @@ class PowerBreakdown:
     nonlinear_w: np.ndarray
     nudge_w: np.ndarray
     sources_w: dict[str, np.ndarray] = field(default_factory=dict)
+    wires_w: np.ndarray | None = None
+    balance_rel: np.ndarray | None = None
 
     @property
     def layers_w(self) -> np.ndarray:
-        """``(B, m)``: everything dissipated at layer k (its resistors, bias, nonlinear elements)."""
-        return self.resistors_w + self.bias_w + self.nonlinear_w
+        """``(B, m)``: everything dissipated at layer k (its resistors, wires, bias, nonlinear elements)."""
+        out = self.resistors_w + self.bias_w + self.nonlinear_w
+        return out if self.wires_w is None else out + self.wires_w
 
     @property
     def network_w(self) -> np.ndarray:
@@ -83,11 +87,6 @@ class PowerBreakdown:
         if not self.sources_w:
             return np.zeros((self.nudge_w.shape[0], 0))
         return np.concatenate(list(self.sources_w.values()), axis=1)
-
-    @property
-    def delivered_w(self) -> np.ndarray:
-        """``(B,)``: net power delivered by all sources (equals :attr:`network_w`, Tellegen)."""
-        return self._all_sources().sum(1)
 
     @property
     def absorbed_w(self) -> np.ndarray:
@@ -105,92 +104,65 @@ class PowerBreakdown:
         return np.clip(self._all_sources(), 0.0, None).sum(1)
 
 
-def _pairwise_power(a: np.ndarray, b: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``sum_ij g[i,j]*(a[:, i] - b[:, j])**2`` per batch row, by direct differences (no cancellation)."""
-    B = a.shape[0]
-    out = np.empty(B)
-    step = max(1, _CHUNK_ENTRIES // max(1, g.size))
-    for s in range(0, B, step):
-        d = a[s:s + step, :, None] - b[s:s + step, None, :]
-        out[s:s + step] = np.einsum("bij,ij->b", d * d, g)
-    return out
+def summarize(elements: Elements, powers: list[np.ndarray], with_nudge_sources: bool = True) -> PowerBreakdown:
+    """Sum :func:`~ffebm_sim.elements.branch_power_w`'s per-branch powers by kind and layer."""
+    B, m = powers[0].shape[0], elements.circuit.depth
+    layer = {key: np.zeros((B, m)) for key in set(LAYER_KEYS.values())}
+    nudge = np.zeros(B)
+    sources: dict[str, list[np.ndarray]] = {}
+    for g, p in zip(elements.groups, powers):
+        if g.kind in LAYER_KEYS:
+            layer[LAYER_KEYS[g.kind]][:, g.layer - 1] += p.sum(1)
+        elif g.kind == "nudge_conductance":
+            nudge += p.sum(1)
+        elif g.kind in SOURCE_KEYS and (g.kind != "nudge_current" or with_nudge_sources):
+            sources.setdefault(SOURCE_KEYS[g.kind], []).append(-p)
+        elif g.kind not in SOURCE_KEYS:           # pragma: no cover - a new kind must be summed somewhere
+            raise ValueError(f"branch kind {g.kind!r} has no place in the power breakdown")
+    return PowerBreakdown(layer["resistors_w"], layer["bias_w"], layer["nonlinear_w"], nudge,
+                          {k: np.concatenate(v, axis=1) for k, v in sources.items()},
+                          layer["wires_w"] if elements.circuit.has_wires else None,
+                          power_balance_rel_error(elements, powers))
 
 
-def _diode(model: DiodeModel, gmin: float, vd: np.ndarray) -> np.ndarray:
-    m = DiodeModel(model.saturation_current_a, model.emission_coefficient, gmin)
-    return diode_current(torch.from_numpy(np.ascontiguousarray(vd)), m).numpy()
-
-
-def element_powers(circuit: BlockCircuit, inputs, node_voltages, nudge_currents_a=None,
-                   nudge_conductance_s: float = 0.0, nudge_target_v=None) -> PowerBreakdown:
+def element_powers(circuit: BlockCircuit, inputs, node_voltages_v, nudge_currents_a=None,
+                   nudge_conductance_s: float = 0.0, nudge_target_v=None, vsource_currents_a=None,
+                   elements: Elements | None = None) -> PowerBreakdown:
     """Element and source powers of ``circuit`` at the given node voltages (see the module docstring).
 
     Args:
-        circuit: the circuit the deck describes (pass ``circuit.as_emitted()`` for ``ideal`` layers).
-        inputs: ``(B, n_0)`` input features; the sources hold ``+-a*u``.
-        node_voltages: ``(B, n_free)`` voltages of layers 1..m (any operating point, or
-            the node voltages of one instant of a transient).
+        circuit: the circuit the deck describes.
+        inputs: ``(B, n_0)`` (or ``(n_0,)``) input features; the sources hold ``+-a*u``.
+        node_voltages_v: ``(B, n_free)`` voltages of layers 1..m, or ``(B, n_unknown)`` with the
+            crossbar internal nodes too (:func:`ffebm_sim.elements.node_voltages`); any
+            operating point, or the node voltages of the instants of a transient.
         nudge_currents_a: ``(B, n_out)`` currents injected into the output nodes, or None.
         nudge_conductance_s, nudge_target_v: the resistive nudge (S; ``(B, n_out)`` V).
+        vsource_currents_a: ``(B, n_vs)`` measured ``i(V)`` of every voltage source
+            (``Elements.vsource_names`` order), e.g. ngspice's; default: from KCL.
+        elements: ``flatten(circuit, nudge_conductance_s)`` when the caller has it.
     """
-    u = np.atleast_2d(np.asarray(inputs, dtype=np.float64))
-    x = np.atleast_2d(np.asarray(node_voltages, dtype=np.float64))
-    B, m = x.shape[0], circuit.depth
-    if u.shape[0] == 1 and B > 1:
-        u = np.broadcast_to(u, (B, u.shape[1]))
-    v_src = source_voltages(circuit, u)
-    layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, m + 1)]
-    resistors = np.zeros((B, m))
-    bias = np.zeros((B, m))
-    nonlinear = np.zeros((B, m))
-    sources: dict[str, np.ndarray] = {}
-    for k in range(1, m + 1):
-        g = np.asarray(circuit.conductances[k - 1])
-        resistors[:, k - 1] = _pairwise_power(layers[k - 1], layers[k], g)
-    g1 = np.asarray(circuit.conductances[0])
-    i_src = delivered_through_input_layer(g1, v_src, layers[1])
-    sources["inputs"] = v_src * i_src
-    if circuit.has_bias:
-        vb = circuit.bias_voltage_v
-        p_pos = np.zeros(B)
-        p_neg = np.zeros(B)
-        for k in range(1, m + 1):
-            gp, gn = np.asarray(circuit.bias_pos[k - 1]), np.asarray(circuit.bias_neg[k - 1])
-            xk = layers[k]
-            bias[:, k - 1] = ((xk - vb) ** 2 * gp).sum(1) + ((xk + vb) ** 2 * gn).sum(1)
-            p_pos += vb * ((vb - xk) * gp).sum(1)
-            p_neg += -vb * ((-vb - xk) * gn).sum(1)
-        sources["bias_rails"] = np.stack([p_pos, p_neg], axis=1)
-    rails = []
-    for k in range(1, m + 1):
-        nl = circuit.layer_nonlinearity(k)
-        if nl is None:
-            continue
-        xk = layers[k]
-        n = circuit.layer_sizes[k]
-        if nl.kind == "pwl":
-            i, _ = pwl_current_and_conductance(torch.from_numpy(np.ascontiguousarray(xk)), nl.table)
-            nonlinear[:, k - 1] = (xk * i.numpy()).sum(1)
-            continue
-        model = nl.emitted_diode
-        up, down = nl.clamps_up(n), nl.clamps_down(n)
-        vd_up = clamp_diode_voltage(xk[:, up], nl.clamp_rail_v(True), True)
-        vd_down = clamp_diode_voltage(xk[:, down], nl.clamp_rail_v(False), False)
-        i_up = _diode(model, circuit.gmin_s, vd_up)
-        i_down = _diode(model, circuit.gmin_s, vd_down)
-        nonlinear[:, k - 1] = (vd_up * i_up).sum(1) + (vd_down * i_down).sum(1)
-        # VHI delivers -sum(i_up) (the diodes push current into it); VLO delivers sum(i_down).
-        rails.append(nl.v_off_v * -i_up.sum(1))
-        rails.append(-nl.v_off_v * i_down.sum(1))
-    if rails:
-        sources["clamp_rails"] = np.stack(rails, axis=1)
-    out = layers[m]
-    nudge = np.zeros(B)
-    if nudge_currents_a is not None:
-        i_n = np.atleast_2d(np.asarray(nudge_currents_a, dtype=np.float64))
-        sources["nudge"] = out * i_n
-    if nudge_conductance_s != 0:
-        y = np.atleast_2d(np.asarray(nudge_target_v, dtype=np.float64))
-        nudge = nudge_conductance_s * ((out - y) ** 2).sum(1)
-        sources["targets"] = y * nudge_conductance_s * (y - out)
-    return PowerBreakdown(resistors, bias, nonlinear, nudge, sources)
+    elements = elements or flatten(circuit, nudge_conductance_s)
+    x = np.atleast_2d(np.asarray(node_voltages_v, dtype=np.float64))
+    B = x.shape[0]
+
+    def rows(a, s):
+        if a is None:
+            return None
+        a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+        return a[s] if a.shape[0] == B else a
+
+    step = max(1, _CHUNK_ENTRIES // max(1, elements.n_nodes))
+    parts = []
+    for s0 in range(0, B, step):
+        s = slice(s0, s0 + step)
+        V = node_voltages(elements, x[s], rows(inputs, s) if np.ndim(inputs) == 2 else inputs,
+                          rows(nudge_target_v, s))
+        powers = branch_power_w(elements, V, rows(nudge_currents_a, s), rows(vsource_currents_a, s))
+        parts.append(summarize(elements, powers, nudge_currents_a is not None))
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])
+    return PowerBreakdown(cat("resistors_w"), cat("bias_w"), cat("nonlinear_w"), cat("nudge_w"),
+                          {k: np.concatenate([p.sources_w[k] for p in parts]) for k in parts[0].sources_w},
+                          cat("wires_w"), cat("balance_rel"))

@@ -74,13 +74,13 @@ def _block(b: dict) -> list[str]:
              f"{', '.join(str(k) for k in b['nonlinearity'])}, {b['resistors']} resistors. Node capacitance "
              f"{_si(b['node_capacitance_f'], 'F')} + wire {_si(b['wire_capacitance_f'], 'F')}/cell "
              f"(mean {_si(b['node_capacitance_f_mean'], 'F')} per node). ngspice vs reference solver: "
-             f"max |dV| = {_si(b['reference_max_abs_dv_v'], 'V')}.")
+             f"max |dV| = {_si(b['reference_max_abs_dv_v'], 'V')}." + _non_ideal_text(b.get("non_idealities")))
     L.append("")
-    L.append("| phase | power mean | median | max | by layer (mean) | settling median | worst | energy mean | Tellegen check |")
+    L.append("| phase | power mean | median | max | by layer (mean) | settling median | worst | energy mean | power balance |")
     L.append("|---|---|---|---|---|---|---|---|---|")
     for name, p in b["phases"].items():
         layers = ", ".join(_si(v, "W") for v in (p["power_by_layer_w_mean"] or []))
-        tel = "n/a" if p["tellegen_max_rel"] is None else f"{p['tellegen_max_rel']:.1e}"
+        tel = "n/a" if p["power_balance_rel_error"] is None else f"{p['power_balance_rel_error']:.1e}"
         L.append(f"| {name} | {_si(p['power_w_mean'], 'W')} | {_si(p['power_w_median'], 'W')} | {_si(p['power_w_max'], 'W')} | "
                  f"{layers} | {_si(p['settling_s_median'], 's')} | {_si(p['settling_s_worst'], 's')} | "
                  f"{_si(p['energy_j_mean'], 'J')} | {tel} |")
@@ -91,8 +91,9 @@ def _block(b: dict) -> list[str]:
              f"nonlinear elements {', '.join(_si(v, 'W') for v in f['nonlinear_by_layer_w_mean'] or [])} per layer; "
              f"net delivered by source group: {src}; absorbed by sinking sources "
              f"{_si(f['absorbed_by_sources_w_mean'], 'W')}. Slowest linearised time constant (median) "
-             f"{_si(f['tau_max_s_median'], 's')}. Tellegen check: max relative difference between the element "
-             f"powers and the power ngspice's sources deliver.")
+             f"{_si(f['tau_max_s_median'], 's')}. Power balance: worst relative difference between the power "
+             f"ngspice's sources deliver (their branch currents) and what the branches absorb (the element laws at "
+             f"ngspice's node voltages, {b.get('nodes_solved', 'all')} nodes).")
     if "settling_adc_s_median" in f:
         L.append(f"To the ADC's half LSB ({_si(f['adc_half_lsb_v'], 'V')}): median {_si(f['settling_adc_s_median'], 's')}, "
                  f"worst {_si(f['settling_adc_s_worst'], 's')}.")
@@ -119,3 +120,17 @@ def _block(b: dict) -> list[str]:
              + (f"; device preset `{b['device']}`." if b.get("device") else "."))
     L.append("")
     return L
+
+
+def _non_ideal_text(n: dict | None) -> str:
+    if not n:
+        return ""
+    parts = []
+    if n["wire_resistance_ohm"]:
+        parts.append(f"crossbar wires {n['wire_resistance_ohm']:g} ohm per segment")
+    if n["mismatch"]:
+        m = n["mismatch"]
+        parts.append(f"mismatch (seed {m['seed']}; sigma G {m['conductance_sigma']:g}, IS {m['is_sigma']:g}, N {m['n_sigma']:g})")
+    if n["temperature_c"] != 27.0:
+        parts.append(f"{n['temperature_c']:g} C")
+    return f" Non-idealities, in every figure: {', '.join(parts)}." if parts else ""
