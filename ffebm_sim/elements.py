@@ -6,7 +6,8 @@ writes with ``reduced=False``), as vectorised groups of two-terminal branches
 over one global node vector:
 
     [free nodes (layers 1..m, ``free_node_names`` order) | crossbar internal nodes
-     ``r<k>_<i>_<j>``, ``c<k>_<i>_<j>`` (with wires) | input source nodes ``xp<i>``, ``xm<i>``
+     ``r<k>_<i>_<j>``, ``c<k>_<i>_<j>`` (with wires) | amplifier nodes ``a<k>_<j>``, ``ae<k>_<j>``
+     (with amplifiers) | input source nodes ``xp<i>``, ``xm<i>``
      | clamp rails ``vhi<k>``, ``vlo<k>`` | bias rails ``vbp``, ``vbm`` | nudge targets
      ``ynudge<j>`` (resistive nudge) | ground ``0``]
 
@@ -39,17 +40,20 @@ Laws (``BranchGroup.law``), each evaluated once here for a whole group:
   ``i(V)``) or, by KCL at ``a``, minus the current every other branch draws
   out of ``a``;
 * ``isource``: an independent current source (the nudge, ``a`` = ground,
-  ``b`` = the output node, so ``i`` is the current pushed *into* the node).
+  ``b`` = the output node, so ``i`` is the current pushed *into* the node);
+* the bidirectional amplifier after node ``n = n<k>_<j>`` (:mod:`ffebm_sim.amplifier`),
+  as its three deck cards: ``vcvs`` (``EA``: ``a`` = ``ae<k>_<j>`` at ``A * V[n]``,
+  ``b`` = ground; a voltage-source branch, current measured or by KCL at ``a``),
+  ``sense`` (``VA``, 0 V from ``ae`` to ``a<k>_<j>``, the node crossbar k+1 hangs
+  on; current measured or by KCL at ``b``: it is ``i_out``) and ``cccs`` (``FA``,
+  ``i = i(VA) / A`` from ``n`` to ground). Together they absorb
+  ``x * i_out * (1/A - A)``: minus what the amplifier's supply provides
+  (:func:`ffebm_sim.amplifier.supply_power_w`), so they are active, neither a
+  source's nor a passive branch's power.
 
 **Adding an element** is one local change here: its law in
-:func:`law_currents_a`, its groups in :func:`flatten`. The next one is the
-two-port amplifier between layers (a VCVS of forward voltage gain ``A`` and a
-CCCS of backward current gain ``1/A``, an ideal transformer in effect, deck
-cards E + F): a group of law ``"twoport"`` with the port terminals
-``(a, b)`` = input port and ``(a2, b2)`` = output port and parameter ``gain``;
-its port currents come from KCL like a ``vsource``'s (or measured) and its
-power is ``v_in * i_in + v_out * i_out`` (zero for the ideal two-port: it
-neither dissipates nor supplies, it transfers). Not implemented yet.
+:func:`law_currents_a` (or, for a branch whose current is not a function of
+voltages, in :func:`branch_currents_a`), its groups in :func:`flatten`.
 """
 
 from __future__ import annotations
@@ -59,12 +63,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .circuit import (BlockCircuit, column_node_name, free_node_names, row_node_name, source_names,
-                      source_node_names, source_voltages)
+from .amplifier import back_current, drive_voltage
+from .circuit import (BlockCircuit, amplifier_node_name, amplifier_sense_name, amplifier_source_node_name,
+                      column_node_name, free_node_names, row_node_name, source_names, source_node_names,
+                      source_voltages)
 from .devices import PwlTable, junction_current_and_conductance, pwl_current_and_conductance
 from .netlist import nudge_source_name, target_source_name
 
-LAWS = ("conductance", "junction", "pwl", "vsource", "isource")
+LAWS = ("conductance", "junction", "pwl", "vsource", "isource", "vcvs", "sense", "cccs")
+#: Laws whose current is a branch unknown (ngspice's ``i(name)``), measured or found by KCL.
+BRANCH_CURRENT_LAWS = ("vsource", "vcvs", "sense")
 #: Laws whose branches dissipate (or store, never supply) energy.
 PASSIVE_LAWS = ("conductance", "junction", "pwl")
 GROUND = "0"
@@ -85,6 +93,8 @@ class BranchGroup:
         isat_a, vte_v: ``(n,)`` IS (A) and N*Vt (V) at the circuit temperature; ``gmin_s`` (S).
         table: the I-V table, law ``pwl``.
         names: SPICE element names, for sources (``i(<name>)`` is their branch vector).
+        gain: the amplifier's voltage gain A (V/V), laws ``vcvs`` and ``cccs``.
+        control: ``(n,)`` node indices, law ``vcvs``: the controlling input node.
     """
 
     kind: str
@@ -98,6 +108,8 @@ class BranchGroup:
     gmin_s: float = 0.0
     table: PwlTable | None = None
     names: tuple[str, ...] = ()
+    gain: float = 1.0
+    control: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -112,7 +124,8 @@ class Elements:
         circuit: the circuit flattened.
         node_names: every node's SPICE name, in node-vector order.
         n_free: free nodes (layers 1..m) = the first ``n_free`` entries.
-        n_unknown: free plus crossbar internal nodes: the entries a solver finds.
+        n_unknown: free plus crossbar internal plus amplifier nodes: the entries a solver finds.
+        n_amplifier: the amplifier nodes ``a<k>_<j>``, ``ae<k>_<j>`` at the end of those.
         groups: the branch groups.
         input_nodes: ``(2*n_0,)`` indices of the input source nodes, ``G_1`` row order.
         target_nodes: ``(n_out,)`` indices of the resistive-nudge target nodes (empty without).
@@ -128,6 +141,7 @@ class Elements:
     target_nodes: np.ndarray
     fixed_nodes: np.ndarray
     fixed_v: np.ndarray
+    n_amplifier: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -140,6 +154,11 @@ class Elements:
         return self._cache["index"][name]
 
     @property
+    def n_internal_end(self) -> int:
+        """End of the crossbar internal nodes (they are ``n_free:n_internal_end``)."""
+        return self.n_unknown - self.n_amplifier
+
+    @property
     def unknown_names(self) -> list[str]:
         """The nodes whose voltages a solver finds (free, then crossbar internal)."""
         return list(self.node_names[:self.n_unknown])
@@ -147,7 +166,7 @@ class Elements:
     @property
     def vsource_names(self) -> list[str]:
         """SPICE names of every voltage source, in the order of ``vsource_currents_a``."""
-        return [n for g in self.groups if g.law == "vsource" for n in g.names]
+        return [n for g in self.groups if g.law in BRANCH_CURRENT_LAWS for n in g.names]
 
 
 # ---- flattening ------------------------------------------------------------------------------
@@ -198,7 +217,12 @@ def flatten(circuit: BlockCircuit, nudge_conductance_s: float = 0.0) -> Elements
             for i in range(rows):
                 for j in range(sizes[k]):
                     nodes.add(column_node_name(k, i, j))
+    for k in circuit.amplified_layers():
+        for j in range(sizes[k]):
+            nodes.add(amplifier_node_name(k, j))
+            nodes.add(amplifier_source_node_name(k, j))
     n_unknown = len(nodes.names)
+    n_amplifier = 2 * sum(sizes[k] for k in circuit.amplified_layers())
     input_nodes = _ints(nodes.add(s) for s in source_node_names(n0))
     fixed: dict[str, float] = {}
     diode_layers = [k for k in range(1, m + 1)
@@ -235,8 +259,13 @@ def flatten(circuit: BlockCircuit, nudge_conductance_s: float = 0.0) -> Elements
                                   g_s=np.full(len(out_nodes), float(nudge_conductance_s))))
     # -- layers --
     for k in range(1, m + 1):
-        drivers = list(input_nodes) if k == 1 else list(range(circuit.layer_slice(k - 1).start,
-                                                              circuit.layer_slice(k - 1).stop))
+        if k == 1:
+            drivers = list(input_nodes)
+        elif circuit.amplifier_gain(k - 1) != 1.0:
+            drivers = [nodes[amplifier_node_name(k - 1, j)] for j in range(sizes[k - 1])]
+            groups += _amplifier_groups(circuit, k - 1, nodes, ground)
+        else:
+            drivers = list(range(circuit.layer_slice(k - 1).start, circuit.layer_slice(k - 1).stop))
         cols = np.arange(circuit.layer_slice(k).start, circuit.layer_slice(k).stop)
         g = actual[k - 1]
         if wires:
@@ -252,7 +281,21 @@ def flatten(circuit: BlockCircuit, nudge_conductance_s: float = 0.0) -> Elements
         groups += _nonlinear_groups(circuit, k, nodes, cols, ground)
     fixed_nodes = _ints(nodes[n] for n in fixed)
     return Elements(circuit, tuple(nodes.names), n_free, n_unknown, tuple(g for g in groups if g.size),
-                    input_nodes, target_nodes, fixed_nodes, np.array(list(fixed.values()), dtype=np.float64))
+                    input_nodes, target_nodes, fixed_nodes, np.array(list(fixed.values()), dtype=np.float64),
+                    n_amplifier)
+
+
+def _amplifier_groups(circuit, k, nodes, ground) -> list[BranchGroup]:
+    """The amplifiers after layer k as ``netlist._amplifier_cards`` writes them: EA, VA, FA per node."""
+    n, gain = circuit.layer_sizes[k], circuit.amplifier_gain(k)
+    x = np.arange(circuit.layer_slice(k).start, circuit.layer_slice(k).stop)
+    ae = _ints(nodes[amplifier_source_node_name(k, j)] for j in range(n))
+    a = _ints(nodes[amplifier_node_name(k, j)] for j in range(n))
+    sense = tuple(amplifier_sense_name(k, j) for j in range(n))
+    return [BranchGroup("amplifier_out", "vcvs", k, ae, np.full(n, ground), names=tuple("e" + s[1:] for s in sense),
+                        gain=gain, control=x),
+            BranchGroup("amplifier_sense", "sense", k, ae, a, names=sense),
+            BranchGroup("amplifier_in", "cccs", k, x, np.full(n, ground), gain=gain)]
 
 
 def _crossbar_groups(circuit, k, nodes, drivers, cols, g, bias, rows) -> list[BranchGroup]:
@@ -301,10 +344,11 @@ def _nonlinear_groups(circuit, k, nodes, cols, ground) -> list[BranchGroup]:
 def node_voltages(elements: Elements, unknown_v, inputs, nudge_target_v=None) -> np.ndarray:
     """``(B, n_nodes)`` the whole node vector of a batch.
 
-    ``unknown_v``: ``(B, n_unknown)`` voltages of the free and crossbar internal
-    nodes (as ngspice reports them), or ``(B, n_free)``: the internal nodes are
-    then solved from the rest (:func:`solve_internal`; exact, they join only
-    linear conductances and hold no charge). ``inputs``: ``(B, n_0)`` or
+    ``unknown_v``: ``(B, n_unknown)`` voltages of the free, crossbar internal and
+    amplifier nodes (as ngspice reports them), or ``(B, n_free)``: the internal
+    nodes are then solved from the rest (:func:`solve_internal`; exact, they join
+    only linear conductances and hold no charge) and the amplifier nodes are
+    ``A * x`` (:func:`ffebm_sim.amplifier.drive_voltage`). ``inputs``: ``(B, n_0)`` or
     ``(n_0,)`` features; ``nudge_target_v``: ``(B, n_out)`` with a resistive nudge.
     """
     x = np.atleast_2d(np.asarray(unknown_v, dtype=np.float64))
@@ -320,7 +364,12 @@ def node_voltages(elements: Elements, unknown_v, inputs, nudge_target_v=None) ->
     if len(elements.target_nodes):
         V[:, elements.target_nodes] = np.atleast_2d(np.asarray(nudge_target_v, dtype=np.float64))
     if x.shape[1] < elements.n_unknown:
-        V[:, elements.n_free:elements.n_unknown] = solve_internal(elements, V)
+        V[:, elements.n_free:elements.n_internal_end] = solve_internal(elements, V)
+        for g in elements.groups:
+            if g.law == "vcvs":
+                V[:, g.a] = drive_voltage(V[:, g.control], g.gain)
+            elif g.law == "sense":
+                V[:, g.b] = V[:, g.a]
     return V
 
 
@@ -331,7 +380,7 @@ def _internal_network(elements: Elements):
         return elements._cache["internal"]
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import splu
-    lo, hi = elements.n_free, elements.n_unknown
+    lo, hi = elements.n_free, elements.n_internal_end
     rows, cols, vals = [], [], []
     for g in elements.groups:
         touches = ((g.a >= lo) & (g.a < hi)) | ((g.b >= lo) & (g.b < hi))
@@ -363,9 +412,9 @@ def _internal_map(elements: Elements) -> tuple[np.ndarray, np.ndarray]:
 
 
 def solve_internal(elements: Elements, V: np.ndarray) -> np.ndarray:
-    """``(B, n_unknown - n_free)``: the crossbar internal nodes' voltages that satisfy KCL there,
+    """``(B, n_internal_end - n_free)``: the crossbar internal nodes' voltages that satisfy KCL there,
     given every other node of ``V``: ``x_I = -L_II^-1 L_IT x_T`` over the conductances (sparse LU once)."""
-    if elements.n_unknown == elements.n_free:
+    if elements.n_internal_end == elements.n_free:
         return np.zeros((V.shape[0], 0))
     terminals, X = _internal_map(elements)
     return -(V[:, terminals] @ X.T)
@@ -377,7 +426,7 @@ def kron_couplings(elements: Elements) -> tuple[np.ndarray, np.ndarray, np.ndarr
     and its equivalent conductance (S). ``Y = L_KK - L_KI L_II^-1 L_IK`` is again a Laplacian (its
     off-diagonal entries are ``-g <= 0``), so the pairs are resistors. Pairs of fixed nodes (source to
     source) are left out: they load ideal sources only and move no node."""
-    if elements.n_unknown == elements.n_free:
+    if elements.n_internal_end == elements.n_free:
         return _ints([]), _ints([]), np.zeros(0)
     if "kron" in elements._cache:
         return elements._cache["kron"]
@@ -418,8 +467,8 @@ def law_currents_a(elements: Elements, V: np.ndarray, nudge_currents_a=None) -> 
         elif g.law == "isource":
             i = np.zeros((B, g.size)) if nudge_currents_a is None else nudge_currents_a
             out.append(np.broadcast_to(np.atleast_2d(np.asarray(i, dtype=np.float64)), (B, g.size)).copy())
-        elif g.law == "vsource":
-            out.append(None)
+        elif g.law in BRANCH_CURRENT_LAWS or g.law == "cccs":
+            out.append(None)                      # branch unknowns, and the CCCS that follows its sense: later
         else:                                     # pragma: no cover - a law added to LAWS but not here
             raise ValueError(f"branch law {g.law!r} has no current")
     return out
@@ -439,7 +488,7 @@ def _incidence(elements: Elements, n: int, g: BranchGroup):
 
 def leaving_currents_a(elements: Elements, currents: list[np.ndarray | None]) -> np.ndarray:
     """``(B, n_nodes)``: the net current (A) the given branches draw out of every node (KCL residual)."""
-    B = next(c.shape[0] for c in currents if c is not None)
+    B = next(c.shape[0] for c in currents if c is not None)    # the nudge sources are always there
     out = np.zeros((B, elements.n_nodes))
     for n, (g, i) in enumerate(zip(elements.groups, currents)):
         if i is not None:
@@ -449,23 +498,32 @@ def leaving_currents_a(elements: Elements, currents: list[np.ndarray | None]) ->
 
 def branch_currents_a(elements: Elements, V: np.ndarray, nudge_currents_a=None,
                       vsource_currents_a=None) -> list[np.ndarray]:
-    """Per group, ``(B, n)`` branch currents (A): the laws, and for voltage sources either
-    ``vsource_currents_a`` (``(B, n_vs)``, SPICE's ``i(V)``, :attr:`Elements.vsource_names` order)
-    or KCL at their ``+`` node: ``i = -(current every other branch draws out of it)``."""
+    """Per group, ``(B, n)`` branch currents (A): the laws, and for the branch-current unknowns
+    (:data:`BRANCH_CURRENT_LAWS`) either ``vsource_currents_a`` (``(B, n_vs)``, SPICE's
+    ``i(name)``, :attr:`Elements.vsource_names` order) or KCL: at a voltage source's or VCVS's
+    ``a`` node, ``i = -(current every other branch draws out of it)``; at an amplifier sense's
+    ``b`` node (the crossbar side, found first), ``i = +(what the crossbar draws)``. The
+    amplifiers' CCCS then carry ``i(sense) / A``."""
     currents = law_currents_a(elements, V, nudge_currents_a)
-    if vsource_currents_a is None:
-        leaving = leaving_currents_a(elements, currents)
-    else:
+    unknown = [n for n, g in enumerate(elements.groups) if g.law in BRANCH_CURRENT_LAWS]
+    if vsource_currents_a is not None:
         measured = np.atleast_2d(np.asarray(vsource_currents_a, dtype=np.float64))
-    start = 0
+        start = 0
+        for n in unknown:
+            currents[n] = measured[:, start:start + elements.groups[n].size]
+            start += elements.groups[n].size
+    else:
+        # the senses first: the other unknowns' nodes (a VCVS's ae) see them
+        for law in ("sense", "vsource", "vcvs"):
+            leaving = leaving_currents_a(elements, currents)
+            for n in unknown:
+                g = elements.groups[n]
+                if g.law == law:
+                    currents[n] = leaving[:, g.b] if law == "sense" else -leaving[:, g.a]
     for n, g in enumerate(elements.groups):
-        if g.law != "vsource":
-            continue
-        if vsource_currents_a is None:
-            currents[n] = -leaving[:, g.a]
-        else:
-            currents[n] = measured[:, start:start + g.size]
-        start += g.size
+        if g.law == "cccs":
+            sense = next(i for i, s in zip(currents, elements.groups) if s.law == "sense" and s.layer == g.layer)
+            currents[n] = back_current(sense, g.gain)
     return currents
 
 

@@ -12,7 +12,11 @@ are summed by kind and layer:
 * delivered (``-p``) by every source, by group: the input sources
   (``inputs``), the clamp rails (``clamp_rails``, ``VHI<k>``, ``VLO<k>`` per diode
   layer), the bias rails (``bias_rails``), the nudge current sources
-  (``nudge``), the resistive-nudge targets (``targets``).
+  (``nudge``), the resistive-nudge targets (``targets``), and the amplifiers
+  between layers (``amplifiers``, one column per amplifier: what its supply
+  provides, ``v_out*i_out - v_in*i_in``, :func:`ffebm_sim.amplifier.supply_power_w`;
+  an ideal controlled source, so a real amplifier's quiescent power comes on
+  top, see docs/amplifier.md).
 
 A source whose delivered power is negative is *sinking* power (a clamp rail at
 ``+v_off`` taking a diode's current, an input driver pulled against its
@@ -43,6 +47,8 @@ _CHUNK_ENTRIES = 4_000_000
 #: Source group kinds of :mod:`ffebm_sim.elements` -> the keys of ``PowerBreakdown.sources_w``.
 SOURCE_KEYS = {"input": "inputs", "clamp_rail": "clamp_rails", "bias_rail": "bias_rails",
                "nudge_current": "nudge", "target": "targets"}
+#: The three cards of an amplifier (E, its sense V, F): summed per amplifier into ``sources_w["amplifiers"]``.
+AMPLIFIER_KINDS = ("amplifier_out", "amplifier_sense", "amplifier_in")
 #: Dissipating group kinds -> the per-layer attribute of ``PowerBreakdown``.
 LAYER_KEYS = {"resistor": "resistors_w", "wire": "wires_w", "bias": "bias_w", "junction": "nonlinear_w",
               "pwl": "nonlinear_w"}
@@ -59,7 +65,8 @@ class PowerBreakdown:
         nudge_w: ``(B,)`` dissipated in the resistive-nudge conductances.
         sources_w: delivered power of every source by group (``inputs``: ``(B, 2*n0)``,
             ``clamp_rails``: ``(B, 2*k)``, ``bias_rails``: ``(B, 2)``, ``nudge``: ``(B, n_out)``,
-            ``targets``: ``(B, n_out)``); only the groups the circuit has.
+            ``targets``: ``(B, n_out)``, ``amplifiers``: ``(B, n_amplifiers)``, the supplies);
+            only the groups the circuit has.
         wires_w: ``(B, m)`` dissipated in the crossbar line segments of layers 1..m (zeros without wires).
         balance_rel: ``(B,)`` :func:`ffebm_sim.elements.power_balance_rel_error` of these powers.
     """
@@ -110,15 +117,20 @@ def summarize(elements: Elements, powers: list[np.ndarray], with_nudge_sources: 
     layer = {key: np.zeros((B, m)) for key in set(LAYER_KEYS.values())}
     nudge = np.zeros(B)
     sources: dict[str, list[np.ndarray]] = {}
+    amplifiers: dict[int, np.ndarray] = {}
     for g, p in zip(elements.groups, powers):
         if g.kind in LAYER_KEYS:
             layer[LAYER_KEYS[g.kind]][:, g.layer - 1] += p.sum(1)
         elif g.kind == "nudge_conductance":
             nudge += p.sum(1)
+        elif g.kind in AMPLIFIER_KINDS:           # per amplifier: minus what its three cards absorb
+            amplifiers[g.layer] = amplifiers.get(g.layer, 0.0) - p
         elif g.kind in SOURCE_KEYS and (g.kind != "nudge_current" or with_nudge_sources):
             sources.setdefault(SOURCE_KEYS[g.kind], []).append(-p)
         elif g.kind not in SOURCE_KEYS:           # pragma: no cover - a new kind must be summed somewhere
             raise ValueError(f"branch kind {g.kind!r} has no place in the power breakdown")
+    if amplifiers:
+        sources["amplifiers"] = [amplifiers[k] for k in sorted(amplifiers)]
     return PowerBreakdown(layer["resistors_w"], layer["bias_w"], layer["nonlinear_w"], nudge,
                           {k: np.concatenate(v, axis=1) for k, v in sources.items()},
                           layer["wires_w"] if elements.circuit.has_wires else None,

@@ -125,7 +125,7 @@ def kron_reduced_deck(deck: str, elements: Elements) -> str:
     terminals only (a 64 x 32 crossbar: 4261 equations, 0.1 s per factorisation, about
     1000 time points per step; reduced: about 100 dense equations).
     """
-    internal = set(elements.node_names[elements.n_free:elements.n_unknown])
+    internal = set(elements.node_names[elements.n_free:elements.n_internal_end])
     if not internal:
         return deck
     lines = [line for line in deck.rstrip().splitlines()
@@ -145,6 +145,9 @@ def slowest_time_constant(circuit: BlockCircuit, node_voltages: np.ndarray, capa
 
     ``J`` is the conductance Jacobian of the emitted circuit (resistors, bias,
     junction small-signal conductances); ``C`` the diagonal node capacitances.
+    With amplifiers ``J`` is not symmetric, but ``W J`` is (``W`` the domain
+    weights, docs/amplifier.md), so ``J v = lambda C v`` is the symmetric problem
+    ``W J v = lambda W C v``: real, positive eigenvalues, solved as such.
     """
     net = build_network(circuit, ideal_as_clip=False)
     x = torch.as_tensor(np.atleast_2d(node_voltages), dtype=torch.float64)
@@ -153,8 +156,9 @@ def slowest_time_constant(circuit: BlockCircuit, node_voltages: np.ndarray, capa
     if nudge_conductance_s:
         idx = torch.arange(net.out_slice.start, net.out_slice.stop)
         L[idx, idx] += abs(nudge_conductance_s)
-    s = torch.as_tensor(1.0 / np.sqrt(capacitances_f), dtype=torch.float64)
-    J = (L + torch.diag_embed(df)) * s[None, :, None] * s[None, None, :]
+    w = torch.ones(L.shape[0], dtype=torch.float64) if net.weights is None else net.weights
+    s = torch.as_tensor(1.0 / np.sqrt(capacitances_f), dtype=torch.float64) / torch.sqrt(w)
+    J = w[:, None] * (L + torch.diag_embed(df)) * s[None, :, None] * s[None, None, :]
     lam = torch.linalg.eigvalsh(J)[:, 0]
     lam = torch.clamp(lam, min=1e-300)
     return float((1.0 / lam).max())
