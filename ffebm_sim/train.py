@@ -452,8 +452,7 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     finally:
         from .progress import close_all
         close_all()                  # an epoch's progress lines end with the epoch, or here
-        if hasattr(backend, "close"):
-            backend.close()          # stops worker processes, if any
+        backend.close()              # stops worker processes, if any
 
 
 def check_training(config: TrainConfig, data, probe: FFEBM | None = None) -> None:
@@ -493,7 +492,6 @@ def _train(config, resume, log, stop_after_epoch, data, backend, latest):
 
 def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest, model, rules):
     failures = FailurePolicy(run, config.on_failure)
-    convergence = getattr(backend, "convergence", None)      # ngspice: samples rescued by each retry
     optimizer = _optimizer(model, config)
     # Cosine decay of both learning rates over the run's epochs (constant: none).
     factor = _schedule(config)
@@ -530,7 +528,7 @@ def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest,
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
         solves0 = model.solver_stats()
-        skipped0, rescued0 = failures.skipped, _rescued(convergence)
+        skipped0, rescued0 = failures.skipped, _rescued(backend)
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=gen)
         # Random digital modules (Dropout) draw from torch's global generator: seed it per epoch
@@ -584,7 +582,7 @@ def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest,
                "test_loss": test_loss, "test_accuracy": test_acc,
                "seconds": time.perf_counter() - t0, "elapsed_seconds": time.perf_counter() - t_run,
                "solves": stats["solves"] - solves0["solves"], "failures": stats["failures"] - solves0["failures"],
-               "rescued": _rescued(convergence) - rescued0, "skipped": failures.skipped - skipped0}
+               "rescued": _rescued(backend) - rescued0, "skipped": failures.skipped - skipped0}
         if pulses is not None:
             # Pulses this epoch: to the weight devices (up/down), to fast devices, capped requests,
             # fast-device reads and transfer events (see ffebm_sim.hardware.UpdateStats).
@@ -625,9 +623,9 @@ def _train_in(run, config, resume, log, stop_after_epoch, data, backend, latest,
     return summary
 
 
-def _rescued(convergence) -> int:
+def _rescued(backend) -> int:
     """Samples the backend's retries made converge so far (0 for backends without retries)."""
-    return 0 if convergence is None else sum(v for k, v in convergence.items() if k != "failed")
+    return sum(v for k, v in backend.convergence_stats().items() if k != "failed")
 
 
 def _backend(config: TrainConfig):
