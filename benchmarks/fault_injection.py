@@ -3,13 +3,13 @@
 * **pool**: a small ff-EBM (a ``Linear`` into an 8-8-10 energy block) trained on
   digits with the ngspice backend on local workers, once undisturbed and once
   with several workers SIGKILLed per epoch (``FFEBM_FAULT_DIR`` tokens, see
-  ``ffebm_sim/backends/pool.py``); the final weights must be bit-identical;
+  ``ffebm_sim/backends/faults.py``); the final weights must be bit-identical;
   reports the restarts and the time lost.
 * **dask**: one batch solved on a loopback ``LocalCluster`` of two workers,
   one of which is SIGKILLed on its first job; the answers must equal the
   in-process ones (Dask re-runs the lost tasks).
 * **nonconvergence**: the same training with ngspice analyses made to report
-  "no convergence" (``noconv-*`` tokens, see ``ffebm_sim/backends/ngspice.py``):
+  "no convergence" (``noconv-*`` tokens, see ``ffebm_sim/backends/faults.py``):
   the retries (homotopies, warm start) rescue every sample, nothing is skipped,
   and the final weights match the undisturbed run's to solver tolerance (a
   rescued sample is solved by ``op`` instead of its chunk's DC sweep, so not
@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ffebm_sim.backends.pool import FAULT_DIR_ENV  # noqa: E402
+from ffebm_sim.backends.faults import FAULT_DIR_ENV  # noqa: E402
 from ffebm_sim.bench import machine  # noqa: E402
 from ffebm_sim.checkpoint import load_latest  # noqa: E402
 from ffebm_sim.train import TrainConfig, train  # noqa: E402

@@ -1,6 +1,6 @@
 """Could a sweep job skip re-parsing its deck? The XSPICE ``pwl`` code model with ``altermod``.
 
-The DC-sweep path (``ffebm_sim/backends/ngspice.py``) writes each chunk's
+The DC-sweep path (``ffebm_sim/backends/deckedit.py``) writes each chunk's
 changing sources as behavioural ``pwl`` sources of the sweep voltage; ngspice
 cannot ``alter`` a behavioural source, so every chunk is a new deck to parse.
 The alternative measured here keeps one circuit loaded: each changing source is
@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ffebm_sim.bench import SMALL, _work, machine  # noqa: E402
-from ffebm_sim.backends.ngspice import NgspiceBackend, _sweep_template, run_job, session  # noqa: E402
+from ffebm_sim.backends.deckedit import sweep_template  # noqa: E402
+from ffebm_sim.backends.jobs import run_job, sweep_samples  # noqa: E402
+from ffebm_sim.backends.ngspice import NgspiceBackend  # noqa: E402
+from ffebm_sim.backends.session import session  # noqa: E402
 from ffebm_sim.spec import load_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,7 +54,7 @@ def _analog_cm() -> str:
 
 def resident_deck(job, n: int) -> tuple[str, list[str]]:
     """The job's deck with every changing source an XSPICE pwl of the sweep voltage (values 0)."""
-    fixed, cards = _sweep_template(job.deck, job.deck_digest, job.sources)
+    fixed, cards = sweep_template(job.deck, job.deck_digest, job.sources)
     xs = " ".join(f"{k - 0.25!r} {k + 0.25!r}" for k in range(n))
     zeros = " ".join(["0 0"] * n)
     out, models = [fixed], []
@@ -85,7 +88,7 @@ def main() -> int:
             for model, col in zip(models, job.values.T.tolist()):
                 s.command(f"altermod {model} y_array = [ " + " ".join(f"{v!r} {v!r}" for v in col) + " ]")
             t1 = time.perf_counter()
-            failure = s.dc_sweep(n)
+            failure = sweep_samples(s, n)
             t2 = time.perf_counter()
             if failure:
                 raise SystemExit(f"xspice_altermod: the resident sweep failed: {failure}")

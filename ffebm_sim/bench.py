@@ -66,14 +66,10 @@ def machine() -> dict:
 
 
 def _ngspice_version() -> str:
-    from .backends.ngspice import session
+    from .backends.session import session
     s = session()
     with s.lock:
-        printed = s.command("version -s")
-    for word in printed.replace("*", " ").split():
-        if word.lower().startswith("ngspice-"):
-            return word
-    return " ".join(printed.split())[:60]
+        return s.version()
 
 
 # ---- workloads --------------------------------------------------------------------------------
@@ -203,11 +199,14 @@ def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
     parsing only its fixed part: the deck without the swept sources), the ``dc`` command,
     ngspice's own analysis time (``rusage``) for it, and reading the vectors plus
     ``destroy``/``remcirc``."""
-    from .backends.ngspice import NgspiceBackend, _sweep_template, session, sweep_deck
+    from .backends.deckedit import sweep_deck, sweep_template
+    from .backends.jobs import sweep_samples
+    from .backends.ngspice import NgspiceBackend
+    from .backends.session import session
     s = session()
     u, _ = _work(circuit, 1, batch=n, seed=5)[0]
     job = NgspiceBackend(reduced=True, chunk=n).jobs(circuit, u, None)[0][0]
-    fixed_only = _sweep_template(job.deck, job.deck_digest, job.sources)[0] + "\n.end\n"
+    fixed_only = sweep_template(job.deck, job.deck_digest, job.sources).fixed + "\n.end\n"
     best: dict = {}
 
     def keep(name, seconds):
@@ -221,7 +220,7 @@ def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
             t2 = time.perf_counter()
             a0 = s.analysis_seconds()
             t3 = time.perf_counter()
-            failure = s.dc_sweep(n)
+            failure = sweep_samples(s, n)
             t4 = time.perf_counter()
             a1 = s.analysis_seconds()
             t5 = time.perf_counter()
@@ -245,7 +244,8 @@ def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
 def method_table(blocks: dict, batches: int) -> list[dict]:
     """Per block: seconds per EP sample with alter+op and with the DC sweep (one worker, reduced deck,
     chunks of 16), and ngspice's own analysis time for each."""
-    from .backends.ngspice import SWEEP_MIN_SAMPLES, NgspiceBackend
+    from .backends.jobs import SWEEP_MIN_SAMPLES
+    from .backends.ngspice import NgspiceBackend
     from .backends.reference import ReferenceBackend
     rows = []
     for name, c in blocks.items():
@@ -286,7 +286,8 @@ def run_solvers(quick: bool = False, log=lambda msg: None) -> dict:
 
 
 def _run_solvers(quick: bool, log) -> dict:
-    from .backends.ngspice import DEFAULT_CHUNK, NgspiceBackend
+    from .backends.jobs import DEFAULT_CHUNK
+    from .backends.ngspice import NgspiceBackend
     from .backends.reference import ReferenceBackend
     from .model import build_model
     from .spec import load_block

@@ -301,7 +301,7 @@ cli.add_command(analyze)
 
 def main(argv=None) -> int:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
-    from .backends.ngspice import NgspiceUnavailable
+    from .backends.session import NgspiceUnavailable
     from .failures import RunStopped
     # The solves here are many small dense problems: torch's intra-op threads do
     # not help them, and spinning OpenMP threads slowed the reference solver

@@ -5,14 +5,14 @@ signals into :class:`Interrupted` in the main thread. It is a ``BaseException``,
 so no ``except Exception`` on the way swallows it, and ``finally`` blocks run as
 for Ctrl-C: the training loop's ``finally`` closes the backend, and a worker pool
 interrupted while it waits for jobs terminates its processes at once instead of
-waiting for them (:meth:`ffebm_sim.backends.pool.PoolEngine.map`). The CLI then
+waiting for them (:meth:`ffebm_sim.backends.pool.PoolEngine.run`). The CLI then
 stops multiprocessing's resource tracker and prints ``ffebm: interrupted
 (SIGTERM)`` (exit code 128 + the signal number). A second signal during that
 cleanup is ignored: the cleanup is bounded (a few seconds at most).
 
 Workers never see the parent's interrupt: they ignore SIGINT (a terminal sends
 Ctrl-C to the whole process group) and exit by themselves when their parent is
-gone (:mod:`ffebm_sim.backends.pool`).
+gone (:mod:`ffebm_sim.backends.worker`).
 """
 
 from __future__ import annotations

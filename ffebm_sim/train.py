@@ -497,7 +497,7 @@ def train(config: TrainConfig, resume: bool = False, log=None, epochs_given: boo
     finally:
         from .progress import close_all
         close_all()                  # an epoch's progress lines end with the epoch, or here
-        Run.close_backend(backend)
+        backend.close()              # stops worker processes, if any
 
 
 def check_something_trains(config: TrainConfig, model: FFEBM) -> None:
@@ -750,8 +750,8 @@ class Run:
 
     def rescued(self) -> int:
         """Samples the backend's retries made converge so far (0 for backends without retries)."""
-        convergence = getattr(self.backend, "convergence", None)      # ngspice: samples rescued by each retry
-        return 0 if convergence is None else sum(v for k, v in convergence.items() if k != "failed")
+        convergence = self.backend.convergence_stats()      # ngspice: samples rescued by each retry
+        return sum(v for k, v in convergence.items() if k != "failed")
 
     def epoch_line(self, row: dict) -> str:
         return (f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f} "
@@ -797,12 +797,6 @@ class Run:
         }
         _atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=1).encode())
         return summary
-
-    @staticmethod
-    def close_backend(backend) -> None:
-        """Stop the backend's worker processes, if any (called whether or not a Run was created)."""
-        if hasattr(backend, "close"):
-            backend.close()
 
 
 def _backend(config: TrainConfig):

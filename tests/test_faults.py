@@ -2,7 +2,7 @@
 with results bit-identical to a crash-free run; a job that keeps killing workers is named; a training
 run SIGKILLed after a checkpoint resumes to the same weights.
 
-Faults are injected with the hook of ffebm_sim.backends.pool (FFEBM_FAULT_DIR: token files that make a
+Faults are injected with the hooks of ffebm_sim.backends.faults (FFEBM_FAULT_DIR: token files that make a
 worker SIGKILL itself)."""
 
 import json
@@ -21,7 +21,9 @@ import torch
 from conftest import make_block, random_inputs
 from ffebm_sim.backends import Nudge
 from ffebm_sim.backends.ngspice import NgspiceBackend
-from ffebm_sim.backends.pool import FAULT_DIR_ENV, PoolEngine, WorkerCrashError
+from ffebm_sim.backends.engines import WorkerCrashError
+from ffebm_sim.backends.faults import FAULT_DIR_ENV
+from ffebm_sim.backends.pool import PoolEngine
 from ffebm_sim.checkpoint import load_latest
 
 

@@ -10,7 +10,8 @@ import torch
 
 from conftest import make_block, random_inputs
 from ffebm_sim.backends import Equilibrium, Nudge
-from ffebm_sim.backends.ngspice import HOMOTOPIES, WARM_START, NgspiceBackend
+from ffebm_sim.backends.jobs import HOMOTOPIES, WARM_START
+from ffebm_sim.backends.ngspice import NgspiceBackend
 from ffebm_sim.backends.reference import ReferenceBackend
 from ffebm_sim.cli import main
 from ffebm_sim.ep import SolveFailed
@@ -48,14 +49,13 @@ def test_retries_rescue_a_failed_operating_point(faults, failed_tries, rescuer, 
     be = NgspiceBackend(reduced=False, method="op")
     eq = be.solve(c, u, nudge)
     assert eq.ok, eq.messages
-    assert be.convergence[rescuer] == 1 and be.convergence["failed"] == 0
-    assert sum(be.convergence.values()) == 1
+    assert be.convergence_stats() == {rescuer: 1, "failed": 0}
     # every retry finds the same operating point
     assert float((eq.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9
     assert float((eq.source_currents_a - ref.source_currents_a).abs().max()) <= 1e-12
     # the retry options do not outlive the retry: the next solve is a plain one
     again = be.solve(c, u, nudge)
-    assert again.ok and sum(be.convergence.values()) == 1
+    assert again.ok and be.convergence_stats() == {rescuer: 1, "failed": 0}
 
 
 def test_a_sample_that_fails_every_retry_says_so(faults):
@@ -64,7 +64,7 @@ def test_a_sample_that_fails_every_retry_says_so(faults):
     faults(2 * (1 + len(HOMOTOPIES)))                  # plain op and each homotopy, cold then warm
     be = NgspiceBackend(reduced=True, method="op")
     eq = be.solve(c, u)
-    assert not eq.ok and be.convergence["failed"] == 1
+    assert not eq.ok and be.convergence_stats()["failed"] == 1
     message = eq.messages[0]
     assert "no convergence" in message and all(name in message for name, _ in HOMOTOPIES) and WARM_START in message
 
@@ -77,7 +77,7 @@ def test_failing_sweeps_fall_back_to_rescued_operating_points(faults):
     be = NgspiceBackend(reduced=True, method="sweep", chunk=8)
     eq = be.solve(c, u)
     assert eq.ok and float((eq.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9
-    assert sum(be.convergence.values()) == 0           # no op needed a retry
+    assert sum(be.convergence_stats().values()) == 0           # no op needed a retry
 
 
 class FailsOnRows(ReferenceBackend):

@@ -7,7 +7,9 @@ import torch
 
 from conftest import make_block, random_inputs
 from ffebm_sim.backends import Nudge
-from ffebm_sim.backends.ngspice import NgspiceBackend, digest, sweep_deck
+from ffebm_sim.backends.deckedit import sweep_deck
+from ffebm_sim.backends.ngspice import NgspiceBackend
+from ffebm_sim.backends.session import digest
 from ffebm_sim.backends.pool import PoolEngine
 from ffebm_sim.backends.reference import ReferenceBackend
 from ffebm_sim.ep import ep_gradients

@@ -115,7 +115,7 @@ def mutated_specs(draw):
 
 
 def _solve_in_ngspice(circuit, u):
-    from ffebm_sim.backends.ngspice import session
+    from ffebm_sim.backends.session import session
     s = session()
     deck = emit_deck(circuit, u.numpy()[0], control=False)
     with s.lock:

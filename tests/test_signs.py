@@ -39,7 +39,7 @@ def test_source_currents_by_hand(backend):
 
 def test_spice_branch_current_is_the_opposite_sign():
     """Raw ngspice: i(vxp0) of a source that delivers current is negative."""
-    from ffebm_sim.backends.ngspice import session
+    from ffebm_sim.backends.session import session
     from ffebm_sim.netlist import emit_deck
     s = session()
     with s.lock:

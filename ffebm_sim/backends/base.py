@@ -139,3 +139,12 @@ class Backend:
         for a nudged phase. A hint: a solver may ignore it, and the answer does not depend
         on it beyond the solver's tolerance."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the backend holds (worker processes, a cluster connection); the
+        backend may be used again afterwards. Default: nothing to release."""
+
+    def convergence_stats(self) -> dict:
+        """Samples each of the backend's retries made converge so far, by retry name, and
+        ``failed``: samples that failed every retry. Default: no retries, ``{}``."""
+        return {}

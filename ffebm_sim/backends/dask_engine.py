@@ -1,6 +1,6 @@
 """A Dask distributed cluster as the ngspice engine (``--scheduler tcp://HOST:PORT``).
 
-The same jobs as the local pool (:class:`~.ngspice.DeckJob`, fixed-size chunks)
+The same jobs as the local pool (:class:`~.jobs.DeckJob`, fixed-size chunks)
 are submitted to an existing cluster; each Dask worker process keeps its own
 libngspice (created on its first job, guarded by a lock, so a worker with
 several threads still runs one ngspice command at a time) and its loaded
@@ -20,11 +20,12 @@ the nanny starts a new worker): no code here is needed, and since a job's answer
 depends only on the job the results stay bit-identical (tested in
 tests/test_faults.py). A task that has been on ``allowed-failures`` (Dask's
 ``distributed.scheduler.allowed-failures``, default 3) dying workers fails with
-``KilledWorker``; :meth:`DaskEngine.map` turns that into
-:class:`~.pool.WorkerCrashError` naming the job. ``retries`` (per job, passed to
+``KilledWorker``; :meth:`DaskEngine.run` turns that into
+:class:`~.engines.WorkerCrashError` naming the job. ``retries`` (per job, passed to
 ``Client.map``) re-runs jobs that *raised* (not needed for ngspice's failures,
 which are a status), and is off by default. Workers run the same fault-injection
-hook as the local pool (``FFEBM_FAULT_DIR``, see :mod:`.pool`).
+hook as the local pool (``FFEBM_FAULT_DIR``, see :mod:`.faults`): they run
+:func:`~.worker.run_job_in_worker`, which imports no torch.
 
 **Failing fast.** An address is checked before anything else happens
 (:func:`check_scheduler_address`: ``[SCHEME://]HOST:PORT``, a malformed one is
@@ -46,8 +47,10 @@ import threading
 import time
 
 from ..errors import SpecError
-from .ngspice import DeckJob, JobResult, session_stats
-from .pool import WorkerCrashError, describe_job, run_job_in_worker
+from .engines import WorkerCrashError, describe_job
+from .jobs import DeckJob, JobResult
+from .session import session_stats
+from .worker import run_job_in_worker
 
 #: Seconds to wait for a Dask scheduler to answer (env ``FFEBM_CONNECT_TIMEOUT`` overrides it).
 CONNECT_TIMEOUT_S = 3.0
@@ -135,7 +138,8 @@ def probe_scheduler(address: str, timeout_s: float) -> None:
 
 
 class DaskEngine:
-    """Submit jobs to a Dask scheduler (an address, or an existing ``distributed.Client``)."""
+    """Submit jobs to a Dask scheduler (an address, or an existing ``distributed.Client``); an
+    :class:`~.engines.Engine`."""
 
     def __init__(self, scheduler, timeout_s: float | None = None, task_timeout_s: float | None = None,
                  retries: int = 0):
@@ -159,7 +163,7 @@ class DaskEngine:
             self._own = True
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
 
-    def map(self, jobs: list[DeckJob]) -> list[JobResult]:
+    def run(self, jobs: list[DeckJob]) -> list[JobResult]:
         from distributed import KilledWorker
         futures = self.client.map(run_job_in_worker, jobs, pure=False, retries=self.retries or None)
         try:
@@ -173,8 +177,8 @@ class DaskEngine:
                                    f"(allowed-failures reached: {e}); run it alone with workers=1 and inspect the deck "
                                    f"with 'ffebm netlist' and 'ngspice -b'") from None
 
-    def stats(self) -> dict:
-        return self.client.run(session_stats)
+    def stats(self) -> list[dict]:
+        return list(self.client.run(session_stats).values())
 
     def close(self) -> None:
         if self._own:

@@ -20,13 +20,13 @@ import numpy as np
 
 from ..circuit import BlockCircuit, free_node_names, node_name, source_names, source_node_names, source_voltages
 from ..netlist import SOLVER_OPTIONS
-from .ngspice import _library_path
+from .session import library_path
 
 
 def naive_solve(circuit: BlockCircuit, u: np.ndarray, nudge_currents_a: np.ndarray | None = None) -> np.ndarray:
     """Free-node voltages (V) of one sample ``u`` (n_0,), a fresh PySpice circuit and simulator per call."""
     logging.getLogger("PySpice").setLevel(logging.CRITICAL)
-    os.environ.setdefault("NGSPICE_LIBRARY_PATH", _library_path())
+    os.environ.setdefault("NGSPICE_LIBRARY_PATH", library_path())
     from PySpice.Spice.Netlist import Circuit
 
     c = circuit.as_emitted()

@@ -1,70 +1,35 @@
-"""ngspice (libngspice, through PySpice's shared-library interface) as a backend.
+"""ngspice (libngspice) as a backend: a solve request becomes jobs, the jobs run on an engine.
 
-This module is the only place that touches PySpice. The deck text from
-:mod:`ffebm_sim.netlist` is the contract. A solve request becomes a list of
-:class:`DeckJob` s: the deck, the names of the sources that change from sample
-to sample, their values (one row per sample) and the vectors to read. A job
-runs in whichever process holds a libngspice (this one, a worker of
-:mod:`.pool`, or a Dask worker, :mod:`.dask_engine`) through :func:`run_job`,
-with one of two methods:
+The deck text from :mod:`ffebm_sim.netlist` is the contract. The pieces:
 
-* ``op``: the deck is loaded once (kept while the conductances stay the same)
-  and every sample ``alter`` s the sources that changed, then runs ``op``:
-  physical deck ``vxp<i>``/``vxm<i>`` get ``+-a*u_i``; reduced deck ``in1_<j>``
-  the Norton currents ``sum_i G1[i,j]*V_i``; ``inudge<j>`` the nudge currents,
-  ``vy<j>`` the resistive-nudge targets. Each ``op`` starts from ngspice's
-  junction initialisation and reorders the matrix, so a sample's answer does
-  not depend on what was solved before it.
-* ``sweep``: the whole chunk is one DC sweep. Each changing source becomes a
-  behavioural source ``pwl(v(ffebm_sweep), 0, x_0, 1, x_1, ...)`` of a sweep
-  voltage stepped through the integers, so sweep point ``k`` *is* sample
-  ``k``: one Newton solve per sample starting from the previous sample's
-  solution, no reordering, no time-step control (a PWL *transient* would
-  add about four time points per sample after each breakpoint; measured, see
-  docs/speed.md). The deck is reloaded per chunk, so the answer
-  depends only on the chunk (fixed boundaries: identical on 1 or N workers).
-  A chunk whose sweep fails is solved again sample by sample with ``op``.
+* :mod:`.session`: the one libngspice of a process (the only PySpice user);
+* :mod:`.jobs`: the job protocol (:class:`~.jobs.DeckJob`, ``op`` and ``sweep``
+  methods, the homotopy retries), with :mod:`.deckedit` (sweep decks,
+  ``.nodeset`` warm starts) and :mod:`.faults` (fault injection for tests);
+* :mod:`.engines`: where jobs run (:class:`~.engines.LocalEngine`, the worker
+  pool of :mod:`.pool`, a Dask cluster with :mod:`.dask_engine`) behind one
+  :class:`~.engines.Engine` contract;
+* this module: :class:`NgspiceBackend`, which turns a solve request into jobs,
+  runs them on its engine with every retry, and assembles the
+  :class:`~.base.Equilibrium`.
 
-``method="auto"`` takes the sweep for chunks of several samples and ``op``
-for single samples. After reading, plots are destroyed (every analysis
-otherwise adds a plot to ngspice's memory); ``remcirc`` removes a circuit
-before another is loaded; the command history is cleared periodically.
-Every command stays far below ngspice's 1024-character limit.
+``method="auto"`` takes the DC sweep for chunks of at least
+:data:`~.jobs.SWEEP_MIN_SAMPLES` samples and ``op`` for smaller ones.
 
-Failures are a status, never a crash: ngspice's messages ("singular matrix",
-"no convergence", "aborted", "timestep too small") and a missing or empty
-vector mark the sample failed; an empty vector is never dereferenced.
-
-**Non-convergence.** ngspice's own ``op`` already falls back from Newton to
-gmin stepping and source stepping with its default ladders. A sample whose
-``op`` still fails is retried in the worker with the homotopies of
-:data:`HOMOTOPIES` (finer gmin ladder, then source stepping alone, with 10x
-the Newton iteration budget), set with ngspice's ``option`` command on the
-loaded circuit; the deck is reloaded afterwards so the next sample runs with
-the deck's own options. A sample that still fails gets one last try from the
-parent: the same deck plus ``.nodeset`` cards holding the reference solver's
-answer (a warm start next to the solution; the homotopies again if needed).
-What rescued each sample is counted (:attr:`NgspiceBackend.convergence`). A
-sample that fails all of them keeps its failure message; the caller
-(training) decides to stop or skip.
-Fault injection for tests: with ``FFEBM_FAULT_DIR`` set, an ``op`` first
-claims a file ``noconv-*`` there (atomic rename) and, if it got one, reports
-"no convergence" without solving (a DC sweep likewise); while a file
-``noconv-always`` is there, every ``op`` and DC sweep reports it.
-
-One libngspice per process, used from one thread at a time (a lock guards it).
+**Non-convergence.** A sample that fails ngspice's ``op`` and the homotopies of
+:data:`~.jobs.HOMOTOPIES` (retried where the job runs) gets one last try from
+here: the same deck plus ``.nodeset`` cards holding the reference solver's
+answer (:data:`~.jobs.WARM_START`; the homotopies again if needed). What
+rescued each sample is counted (:meth:`NgspiceBackend.convergence_stats`). A
+sample that fails all of them keeps its failure message; the caller (training)
+decides to stop or skip. :meth:`NgspiceBackend.run_jobs` is that whole path for
+any jobs, so ``ffebm analyze`` uses the same retries as training.
 """
 
 from __future__ import annotations
 
-import ctypes.util
-import functools
-import hashlib
-import logging
-import os
-import threading
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -74,441 +39,14 @@ from ..errors import SpecError
 from ..netlist import emit_deck, norton_currents_a, norton_source_name, nudge_source_name, target_source_name
 from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current,
                    delivered_through_input_layer, source_voltages)
+from .dask_engine import DaskEngine, check_scheduler_address
+from .deckedit import with_nodeset
+from .engines import Engine, LocalEngine
+from .jobs import DEFAULT_CHUNK, METHODS, SWEEP_MIN_SAMPLES, WARM_START, DeckJob, JobResult
+from .pool import PoolEngine
+from .reference import ReferenceBackend
+from .session import digest
 
-FAILURE_MARKERS = ("singular matrix", "no convergence", "aborted", "timestep too small", "gmin stepping failed",
-                   "source stepping failed", "error")
-MAX_COMMAND_CHARS = 1000
-METHODS = ("auto", "op", "sweep")
-#: Samples per job. Fixed (not derived from the worker count) so a batch is cut
-#: into the same chunks on 1 worker, N workers or a Dask cluster: identical results.
-DEFAULT_CHUNK = 16
-#: ``auto`` sweeps chunks of at least this many samples (below it, alter+op wins).
-SWEEP_MIN_SAMPLES = 4
-HISTORY_EVERY = 5000
-#: Retries of a failed operating point, in order: (name, ngspice ``option`` command).
-#: ``noopiter`` skips the plain Newton attempt, ``gminsteps=0`` the gmin ladder.
-HOMOTOPIES = (("gmin stepping", "option itl1=1000 gminsteps=100"),
-              ("source stepping", "option itl1=1000 gminsteps=0 srcsteps=100 noopiter"))
-#: The parent's last retry: a warm start from the reference solver's answer.
-WARM_START = "nodeset warm start"
-FAULT_DIR_ENV = "FFEBM_FAULT_DIR"
-SWEEP_SOURCE = "vffebm_sweep"
-SWEEP_NODE = "ffebm_sweep"
-
-
-class NgspiceUnavailable(RuntimeError):
-    """libngspice cannot be loaded; the message says how to install it."""
-
-
-class NgspiceDeckError(RuntimeError):
-    """ngspice refused to parse a deck (a bug in the emitter, or a hand-edited deck)."""
-
-
-def _library_path() -> str:
-    if os.environ.get("NGSPICE_LIBRARY_PATH"):
-        return os.environ["NGSPICE_LIBRARY_PATH"]
-    found = ctypes.util.find_library("ngspice")
-    if not found:
-        raise NgspiceUnavailable("libngspice not found; install it with 'apt-get install ngspice libngspice0' "
-                                 "(make test / make demo do) or set NGSPICE_LIBRARY_PATH")
-    return found
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-class NgspiceSession:
-    """One libngspice instance: load a deck, alter sources, run analyses, read vectors."""
-
-    def __init__(self):
-        os.environ.setdefault("NGSPICE_LIBRARY_PATH", _library_path())
-        # PySpice logs every ngspice message (and a version warning) at WARNING/ERROR;
-        # we read them ourselves and turn them into a status.
-        logging.getLogger("PySpice").setLevel(logging.CRITICAL)
-        from PySpice.Spice.NgSpice.Shared import FFI, NgSpiceShared, ffi  # noqa: the one PySpice import
-        self._ffi, self._null = ffi, FFI.NULL
-        self._ng = NgSpiceShared.new_instance()
-        self._lib = self._ng._ngspice_shared
-        self.loaded_hash: str | None = None
-        self.values: dict[str, float] = {}
-        self.lock = threading.Lock()
-        self.commands = 0
-        self.solves = 0
-        self.loads = 0
-        self.analysis_closed_s = 0.0      # ngspice analysis time of circuits already removed
-
-    # -- commands ---------------------------------------------------------------------------
-    def _send(self, text: str) -> None:
-        if len(text) >= MAX_COMMAND_CHARS:
-            raise ValueError(f"ngspice command of {len(text)} characters; ngspice misparses >= 1024")
-        self.commands += 1
-        if self.commands % HISTORY_EVERY == 0:
-            self._lib.ngSpice_Command(self._null)      # frees ngspice's command history
-        self._lib.ngSpice_Command(text.encode("ascii"))
-
-    def command(self, text: str) -> str:
-        """Run one ngspice command; returns what it printed (stdout and stderr)."""
-        self._ng.clear_output()
-        self._send(text)
-        return "\n".join(self._ng._stdout + self._ng._stderr)
-
-    def _printed(self) -> str:
-        return "\n".join(self._ng._stdout + self._ng._stderr)
-
-    # -- circuits ---------------------------------------------------------------------------
-    def analysis_seconds(self) -> float:
-        """ngspice's own analysis time (its ``rusage time``), summed over every circuit this session ran."""
-        return self.analysis_closed_s + self._current_analysis_s()
-
-    def _current_analysis_s(self) -> float:
-        if self.loaded_hash is None:
-            return 0.0
-        printed = self.command("rusage time")
-        for line in printed.splitlines():
-            if "analysis time" in line and "=" in line:
-                try:
-                    return float(line.split("=")[1])
-                except ValueError:
-                    return 0.0
-        return 0.0
-
-    def unload(self, keep_stats: bool = False) -> None:
-        """Destroy plots and remove the loaded circuit (``remcirc``)."""
-        if self.loaded_hash is None:
-            return
-        if keep_stats:
-            self.analysis_closed_s += self._current_analysis_s()
-        self._send("destroy all")
-        self._send("remcirc")
-        self.loaded_hash = None
-        self.values = {}
-
-    def load(self, deck: str, deck_digest: str | None = None, keep_stats: bool = False) -> None:
-        """Load ``deck`` unless it is the one already loaded (``remcirc`` the old one first)."""
-        deck_digest = deck_digest or digest(deck)
-        if deck_digest == self.loaded_hash:
-            return
-        self.unload(keep_stats)
-        self._ng.clear_output()
-        self._circ(deck)
-        self.loads += 1
-        messages = self._printed().lower()
-        if "error" in messages:
-            raise NgspiceDeckError("ngspice rejected the deck: " + " | ".join(
-                " ".join(m.split()) for m in self._ng._stdout + self._ng._stderr if "rror" in m)[:500])
-        self.loaded_hash = deck_digest
-
-    def _circ(self, deck: str) -> None:
-        """``ngSpice_Circ`` on the deck's lines: one buffer, pointers computed with numpy (no per-line cffi calls)."""
-        data = deck.encode("utf-8")
-        if b"\r" in data:
-            data = data.replace(b"\r", b"")
-        lines = [line for line in data.split(b"\n") if line.strip()] + [b""]
-        buf = self._ffi.new("char[]", b"\0".join(lines) + b"\0")
-        lengths = np.fromiter((len(line) + 1 for line in lines), dtype=np.int64, count=len(lines))
-        starts = np.zeros(len(lines) + 1, dtype=np.uint64)
-        starts[1:len(lines)] = np.cumsum(lengths[:-1], dtype=np.int64).astype(np.uint64)
-        starts[:len(lines)] += np.uint64(int(self._ffi.cast("uintptr_t", buf)))
-        pointers = self._ffi.cast("char **", self._ffi.from_buffer(starts))
-        self._lib.ngSpice_Circ(pointers)     # ngspice copies the lines; buf and starts live until it returns
-
-    # -- operating points -------------------------------------------------------------------
-    def set_dc(self, element: str, value: float) -> None:
-        """``alter`` an independent source's DC value, skipping unchanged ones."""
-        value = float(value)
-        if self.values.get(element) != value:
-            self._send(f"alter {element} dc = {value!r}")
-            self.values[element] = value
-
-    def op(self) -> str:
-        """Run an operating point; returns '' on success or the failure text."""
-        self.solves += 1
-        if _injected_nonconvergence():
-            return "ngspice op failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
-        return _failure(self.command("op"), "op")
-
-    def read(self, names: list[str]) -> np.ndarray | None:
-        """Values of real vectors in the current plot, or None if any is missing or empty."""
-        out = np.empty(len(names))
-        for k, name in enumerate(names):
-            info = self._lib.ngGet_Vec_Info(name.encode("ascii"))
-            if info == self._null or info.v_length < 1 or info.v_realdata == self._null:
-                return None
-            out[k] = info.v_realdata[0]
-        return out
-
-    def read_arrays(self, names: list[str], n: int) -> np.ndarray | None:
-        """``(n, len(names))``: the first ``n`` points of real vectors, or None if any is short or missing."""
-        out = np.empty((n, len(names)))
-        for k, name in enumerate(names):
-            info = self._lib.ngGet_Vec_Info(name.encode("ascii"))
-            if info == self._null or info.v_length < n or info.v_realdata == self._null:
-                return None
-            out[:, k] = np.frombuffer(self._ffi.buffer(info.v_realdata, 8 * n), dtype=np.float64)
-        return out
-
-    def destroy_plots(self) -> None:
-        self._send("destroy all")
-
-    def dc_sweep(self, n: int) -> str:
-        """Sweep ``vffebm_sweep`` through 0..n-1; '' on success or the failure text."""
-        self.solves += n
-        if _injected_nonconvergence():
-            return "ngspice dc sweep failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
-        return _failure(self.command(f"dc {SWEEP_SOURCE} 0 {n - 1} 1"), "dc sweep")
-
-
-def _injected_nonconvergence() -> bool:
-    """A ``noconv-always`` file, or one ``noconv-*`` token claimed, in the fault directory (tests only)."""
-    where = os.environ.get(FAULT_DIR_ENV)
-    if not where:
-        return False
-    try:
-        names = sorted(n for n in os.listdir(where) if n.startswith("noconv-"))
-    except OSError:
-        return False
-    return "noconv-always" in names or any(claim_fault_token(where, name) for name in names)
-
-
-def claim_fault_token(where: str, name: str, label: str | None = None) -> bool:
-    """Claim the fault-injection file ``name`` of directory ``where``: an atomic rename to
-    ``fired-<label or name>-<pid>``, so exactly one process gets each token."""
-    try:
-        os.rename(os.path.join(where, name), os.path.join(where, f"fired-{label or name}-{os.getpid()}"))
-        return True
-    except OSError:                      # another process claimed it first
-        return False
-
-
-def _failure(printed: str, what: str) -> str:
-    lower = printed.lower()
-    bad = [m for m in FAILURE_MARKERS if m in lower]
-    return "" if not bad else f"ngspice {what} failed ({bad[0]}): " + " ".join(printed.split())[:300]
-
-
-_SESSION: NgspiceSession | None = None
-_SESSION_LOCK = threading.Lock()
-
-
-def session() -> NgspiceSession:
-    """This process's libngspice (created on first use)."""
-    global _SESSION
-    with _SESSION_LOCK:
-        if _SESSION is None:
-            _SESSION = NgspiceSession()
-    return _SESSION
-
-
-# ---- jobs: what travels to a worker -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class DeckJob:
-    """One chunk of samples of one deck.
-
-    Attributes:
-        deck: the deck text (without ``.control``); ``deck_digest`` its sha256.
-        sources: element names (lower case) that change per sample.
-        values: ``(n, len(sources))`` their DC values, one row per sample.
-        vectors: names of the vectors to read after each analysis (op plot names;
-            a swept voltage source ``v`` reads ``bsw_v#branch`` instead of ``v#branch``).
-        method: ``op`` or ``sweep``.
-        measure: also report ngspice's own analysis time for this job (its ``rusage``).
-    """
-
-    deck: str
-    deck_digest: str
-    sources: tuple[str, ...]
-    values: np.ndarray
-    vectors: tuple[str, ...]
-    method: str = "op"
-    measure: bool = False
-
-
-@dataclass
-class JobResult:
-    values: np.ndarray                 # (n, len(vectors)), NaN where a sample failed
-    messages: tuple[str, ...]          # '' per converged sample
-    rescued: tuple[str, ...] = ()      # per sample, the homotopy that made it converge ('' none needed)
-    analysis_s: float = float("nan")   # ngspice's analysis time for the job (when measured)
-    pid: int = field(default_factory=os.getpid)
-
-
-def _op_values(s: NgspiceSession, vectors: list[str]) -> tuple[np.ndarray | None, str]:
-    """One ``op`` on the loaded circuit: (values, '') or (None, what failed)."""
-    failure = s.op()
-    values = None if failure else s.read(vectors)
-    s.destroy_plots()
-    if values is None:
-        return None, failure or ("ngspice op produced no vectors (analysis failed silently); "
-                                 "inspect the deck with 'ffebm netlist' and 'ngspice -b'")
-    return values, ""
-
-
-def _run_op(s: NgspiceSession, job: DeckJob) -> JobResult:
-    n = job.values.shape[0]
-    out = np.full((n, len(job.vectors)), np.nan)
-    vectors = list(job.vectors)
-    messages, rescued = [], []
-    for b in range(n):
-        s.load(job.deck, job.deck_digest, keep_stats=job.measure)     # no-op unless a retry unloaded it
-        for name, v in zip(job.sources, job.values[b]):
-            s.set_dc(name, v)
-        values, failure = _op_values(s, vectors)
-        how = ""
-        if values is None:
-            for how, command in HOMOTOPIES:
-                s.command(command)
-                values, _ = _op_values(s, vectors)
-                if values is not None:
-                    break
-            # The retry options stay on the circuit: reload it so the next sample
-            # (and the next job) runs with the deck's own options.
-            s.unload(keep_stats=job.measure)
-        if values is None:
-            messages.append(f"{failure} (also failed with {' and '.join(h for h, _ in HOMOTOPIES)})")
-            rescued.append("")
-            continue
-        messages.append("")
-        rescued.append(how)
-        out[b] = values
-    return JobResult(out, tuple(messages), tuple(rescued))
-
-
-_TEMPLATES: dict[tuple, tuple[list[str], dict[int, tuple[str, str, str]]]] = {}
-
-
-def _sweep_template(deck: str, deck_digest: str, sources: tuple[str, ...]):
-    """The deck split once into its fixed text and the cards of ``sources`` (name, node+, node-)."""
-    key = (deck_digest, sources)
-    if key not in _TEMPLATES:
-        index = {name: k for k, name in enumerate(sources)}
-        fixed, cards = [], {}
-        for line in deck.splitlines():
-            words = line.split()
-            if not words or words[0].lower() == ".end":
-                continue
-            k = index.get(words[0].lower())
-            if k is None:
-                fixed.append(line)
-            else:
-                cards[k] = (words[0], words[1], words[2])
-        if len(_TEMPLATES) > 8:
-            _TEMPLATES.clear()
-        _TEMPLATES[key] = ("\n".join(fixed), cards)
-    return _TEMPLATES[key]
-
-
-def sweep_deck(deck: str, sources: tuple[str, ...], values: np.ndarray, deck_digest: str | None = None) -> str:
-    """``deck`` with every source of ``sources`` that changes across ``values`` rows as a
-    behavioural ``pwl`` of the sweep voltage (sample ``k`` at ``v(ffebm_sweep) = k``);
-    sources constant across the chunk keep a DC card with that value."""
-    n = values.shape[0]
-    fixed, cards = _sweep_template(deck, deck_digest or digest(deck), tuple(sources))
-    out = [fixed]
-    card = _pwl_card(n)
-    changing = (values != values[0]).any(0)
-    for k, (name, plus, minus) in sorted(cards.items()):
-        col = values[:, k].tolist()
-        if not changing[k]:
-            out.append(f"{name} {plus} {minus} DC {col[0]!r}")
-            continue
-        kind = "V" if name[0] in "vV" else "I"
-        out.append(card.format(name, plus, minus, kind, *map(repr, col)))
-    out += [f"{SWEEP_SOURCE.upper()} {SWEEP_NODE} 0 DC 0", ".end", ""]
-    return "\n".join(out)
-
-
-@functools.lru_cache(maxsize=8)
-def _pwl_card(n: int) -> str:
-    """The text of a behavioural source ``pwl`` over ``n`` samples, with ``str.format`` fields
-    for name, nodes, kind (V/I) and the ``n`` values. Points 0..n-1 and a repeat of the last
-    value at n, so every sample sits at the start of a segment and ngspice's pwl returns the
-    value itself, not an interpolation."""
-    points = [f"{i}, {{{4 + i}}}" for i in range(n)] + [f"{n}, {{{4 + n - 1}}}"]
-    rows = [", ".join(points[i:i + 4]) for i in range(0, len(points), 4)]
-    return "BSW_{0} {1} {2} {3} = pwl(v(" + SWEEP_NODE + "),\n+ " + ",\n+ ".join(rows) + ")"
-
-
-def with_nodeset(deck: str, nodes: list[str], volts: np.ndarray) -> str:
-    """``deck`` with ``.nodeset`` cards (initial Newton guesses, released once
-    converged) putting ``nodes`` at ``volts``: a warm start that does not change the answer."""
-    cards = [f"v({name})={float(v)!r}" for name, v in zip(nodes, volts)]
-    rows = [" ".join(cards[i:i + 4]) for i in range(0, len(cards), 4)]
-    body = deck.rstrip().splitlines()
-    if body and body[-1].strip().lower() == ".end":
-        body.pop()
-    return "\n".join(body + [".nodeset " + "\n+ ".join(rows), ".end", ""])
-
-
-def swept_vector_name(name: str, sources: set[str]) -> str:
-    """A branch vector of a swept voltage source is read from its behavioural stand-in."""
-    if name.endswith("#branch") and name[:-7] in sources:
-        return f"bsw_{name}"
-    return name
-
-
-def _run_sweep(s: NgspiceSession, job: DeckJob) -> JobResult | None:
-    n = job.values.shape[0]
-    deck = sweep_deck(job.deck, job.sources, job.values, job.deck_digest)
-    try:
-        s.load(deck, keep_stats=job.measure)
-    except NgspiceDeckError:
-        s.unload()
-        return None
-    failure = s.dc_sweep(n)
-    changing = (job.values != job.values[0]).any(0)
-    swept = {name for name, c in zip(job.sources, changing.tolist()) if c}
-    names = [swept_vector_name(v, swept) for v in job.vectors]
-    values = None if failure else s.read_arrays(names, n)
-    sweep = None if values is None else s.read_arrays([f"v({SWEEP_NODE})"], n)
-    s.unload(keep_stats=job.measure)          # a sweep deck is used once
-    if values is None or sweep is None or not np.array_equal(sweep[:, 0], np.arange(n, dtype=np.float64)):
-        return None
-    return JobResult(values, ("",) * n)
-
-
-def run_job(job: DeckJob) -> JobResult:
-    """Run ``job`` on this process's libngspice (the task a pool or Dask worker executes)."""
-    s = session()
-    with s.lock:
-        start = s.analysis_seconds() if job.measure else 0.0
-        try:
-            result = None
-            if job.method == "sweep" and job.values.shape[0] > 1:
-                result = _run_sweep(s, job)
-            if result is None:                 # op requested, one sample, or the sweep failed
-                result = _run_op(s, job)
-        except NgspiceDeckError as e:
-            n = job.values.shape[0]
-            result = JobResult(np.full((n, len(job.vectors)), np.nan), (str(e),) * n)
-        if job.measure:
-            result.analysis_s = s.analysis_seconds() - start
-    return result
-
-
-def session_stats() -> dict:
-    """Counters of this process's session (for benchmarks): pid, loads, the loaded deck's digest,
-    solves, commands, analysis s."""
-    s = session()
-    with s.lock:
-        return {"pid": os.getpid(), "loads": s.loads, "deck": s.loaded_hash, "solves": s.solves,
-                "commands": s.commands, "analysis_s": s.analysis_seconds()}
-
-
-class LocalEngine:
-    """Runs jobs one after another in this process."""
-
-    workers = 1
-
-    def map(self, jobs: list[DeckJob]) -> list[JobResult]:
-        return [run_job(job) for job in jobs]
-
-    def close(self) -> None:
-        pass
-
-
-# ---- the backend ----------------------------------------------------------------------------------
 
 class NgspiceBackend(Backend):
     """Solve with ngspice, in this process, in ``workers`` local processes, or on a Dask cluster.
@@ -518,7 +56,7 @@ class NgspiceBackend(Backend):
             from the node voltages and ``G_1``, exactly as the reference does).
             Ignored for circuits with wire resistance: their physical crossbar deck is solved.
         method: ``auto`` (DC sweep for chunks of >= 4 samples, else alter+op),
-            ``op`` or ``sweep`` (see the module docstring).
+            ``op`` or ``sweep`` (see :mod:`.jobs`).
         workers: number of local worker processes (1: solve in this process).
         scheduler: address of a Dask distributed scheduler (``tcp://host:port``),
             or a ``distributed.Client``; jobs then run on its workers.
@@ -540,25 +78,22 @@ class NgspiceBackend(Backend):
             raise SpecError(f"--scheduler and --workers {workers}: give one of them; the Dask cluster's "
                             f"workers do the solves with --scheduler, --workers N starts N local processes")
         if isinstance(scheduler, str):
-            from .dask_engine import check_scheduler_address
             scheduler = check_scheduler_address(scheduler)          # a malformed address is bad input, now
         self.reduced, self.method, self.workers, self.scheduler = reduced, method, workers, scheduler
         self.chunk, self.measure = chunk, measure
         self.analysis_s = 0.0
-        #: Samples rescued by each retry (see the module docstring) and samples that failed them all.
-        self.convergence: Counter = Counter()
+        # Samples rescued by each retry (see the module docstring) and samples that failed them all.
+        self._convergence: Counter = Counter()
         self._engine = None
         self._decks: list[tuple[BlockCircuit, float, str, str]] = []
 
     # engines are created on first use and kept (a pool keeps its workers and their circuits)
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             if self.scheduler is not None:
-                from .dask_engine import DaskEngine
                 self._engine = DaskEngine(self.scheduler)
             elif self.workers > 1:
-                from .pool import PoolEngine
                 self._engine = PoolEngine(self.workers)
             else:
                 self._engine = LocalEngine()
@@ -575,6 +110,11 @@ class NgspiceBackend(Backend):
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+    def convergence_stats(self) -> dict:
+        """Samples rescued by each retry so far (``gmin stepping``, ``source stepping``,
+        ``nodeset warm start``) and ``failed``: samples that failed them all."""
+        return dict(self._convergence)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -634,7 +174,7 @@ class NgspiceBackend(Backend):
             if method == "auto":
                 method = "sweep" if part.shape[0] >= SWEEP_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
-        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced, "nodes": nodes}
+        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
               start: torch.Tensor | None = None) -> Equilibrium:
@@ -650,12 +190,21 @@ class NgspiceBackend(Backend):
                                torch.full((B, 2 * n0), torch.nan, dtype=torch.float64),
                                torch.zeros(B, dtype=torch.bool), (message,) * B, 0)
         jobs, extra = self.jobs(circuit, u, nudge)
-        results = self.engine.map(jobs) if jobs else []
-        results = self._warm_start_failed(circuit, u, nudge, jobs, results, extra["nodes"])
+        return self.assemble(circuit, self.run_jobs(circuit, u, nudge, jobs), extra, B)
+
+    def run_jobs(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None,
+                 jobs: list[DeckJob]) -> list[JobResult]:
+        """Run ``jobs`` (chunks of the batch ``u``, in order, on decks of ``circuit`` with ``nudge``)
+        on the engine with every retry: the homotopies where each job runs, then a warm start
+        from the reference solver's answer here; counts what rescued each sample. The jobs'
+        vectors may be any (e.g. every source's branch current); the warm start only needs
+        the free nodes to be the deck's."""
+        results = self.engine.run(jobs) if jobs else []
+        results = self._warm_start_failed(circuit, u, nudge, jobs, results, free_node_names(circuit))
         for r in results:
-            self.convergence.update(how for how in r.rescued if how)
-            self.convergence["failed"] += sum(1 for m in r.messages if m)
-        return self.assemble(circuit, results, extra, B)
+            self._convergence.update(how for how in r.rescued if how)
+            self._convergence["failed"] += sum(1 for m in r.messages if m)
+        return results
 
     def _warm_start_failed(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None,
                            jobs: list[DeckJob], results: list[JobResult], nodes: list[str]) -> list[JobResult]:
@@ -664,7 +213,6 @@ class NgspiceBackend(Backend):
         failed = [(j, k) for j, r in enumerate(results) for k, m in enumerate(r.messages) if m]
         if not failed:
             return results
-        from .reference import ReferenceBackend
         starts = np.cumsum([0] + [job.values.shape[0] for job in jobs])      # each job's first batch row
         rows = [int(starts[j]) + k for j, k in failed]
         ref = ReferenceBackend().solve(circuit, u[rows], None if nudge is None else nudge.rows(rows))
@@ -679,7 +227,7 @@ class NgspiceBackend(Backend):
             return results
         results = [replace(r, values=r.values.copy(), messages=list(r.messages),
                            rescued=list(r.rescued or ("",) * len(r.messages))) for r in results]
-        for (j, k), again in zip(where, self.engine.map(retry)):
+        for (j, k), again in zip(where, self.engine.run(retry)):
             if not again.messages[0]:
                 results[j].values[k] = again.values[0]
                 results[j].messages[k], results[j].rescued[k] = "", WARM_START

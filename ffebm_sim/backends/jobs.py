@@ -1,0 +1,196 @@
+"""The job protocol: what travels to a process that holds a libngspice, and how it is run there.
+
+A solve request becomes a list of :class:`DeckJob` s: the deck, the names of
+the sources that change from sample to sample, their values (one row per
+sample) and the vectors to read. A job runs in whichever process holds a
+libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
+:mod:`.dask_engine`) through :func:`run_job`, with one of two methods:
+
+* ``op``: the deck is loaded once (kept while the conductances stay the same)
+  and every sample ``alter`` s the sources that changed, then runs ``op``:
+  physical deck ``vxp<i>``/``vxm<i>`` get ``+-a*u_i``; reduced deck ``in1_<j>``
+  the Norton currents ``sum_i G1[i,j]*V_i``; ``inudge<j>`` the nudge currents,
+  ``vy<j>`` the resistive-nudge targets. Each ``op`` starts from ngspice's
+  junction initialisation and reorders the matrix, so a sample's answer does
+  not depend on what was solved before it.
+* ``sweep``: the whole chunk is one DC sweep (:mod:`.deckedit`): one Newton
+  solve per sample starting from the previous sample's solution, no
+  reordering, no time-step control (a PWL *transient* would add about four
+  time points per sample after each breakpoint; measured, see docs/speed.md).
+  The deck is reloaded per chunk, so the answer depends only on the chunk
+  (fixed boundaries: identical on 1 or N workers). A chunk whose sweep fails
+  is solved again sample by sample with ``op``.
+
+**Non-convergence.** ngspice's own ``op`` already falls back from Newton to
+gmin stepping and source stepping with its default ladders. A sample whose
+``op`` still fails is retried (:func:`op_with_retries`) with the homotopies of
+:data:`HOMOTOPIES` (finer gmin ladder, then source stepping alone, with 10x the
+Newton iteration budget), set with ngspice's ``option`` command on the loaded
+circuit; the deck is reloaded afterwards so the next sample runs with the
+deck's own options. The last retry, :data:`WARM_START`, needs the reference
+solver and runs in the process that owns the backend
+(:meth:`~.ngspice.NgspiceBackend.run_jobs`). :attr:`JobResult.rescued` says
+what rescued each sample. Analyses consult :func:`~.faults.injected_nonconvergence`
+first (tests only).
+
+Only numpy, :mod:`.session`, :mod:`.deckedit` and :mod:`.faults`: no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .deckedit import SWEEP_NODE, SWEEP_SOURCE, swept_vector_name, sweep_deck
+from .faults import injected_nonconvergence
+from .session import NgspiceDeckError, NgspiceSession, session
+
+METHODS = ("auto", "op", "sweep")
+#: Samples per job. Fixed (not derived from the worker count) so a batch is cut
+#: into the same chunks on 1 worker, N workers or a Dask cluster: identical results.
+DEFAULT_CHUNK = 16
+#: ``auto`` sweeps chunks of at least this many samples (below it, alter+op wins).
+SWEEP_MIN_SAMPLES = 4
+#: Retries of a failed operating point, in order: (name, ngspice ``option`` command).
+#: ``noopiter`` skips the plain Newton attempt, ``gminsteps=0`` the gmin ladder.
+HOMOTOPIES = (("gmin stepping", "option itl1=1000 gminsteps=100"),
+              ("source stepping", "option itl1=1000 gminsteps=0 srcsteps=100 noopiter"))
+#: The last retry (by the process that owns the backend): a warm start from the reference solver's answer.
+WARM_START = "nodeset warm start"
+
+
+@dataclass(frozen=True)
+class DeckJob:
+    """One chunk of samples of one deck.
+
+    Attributes:
+        deck: the deck text (without ``.control``); ``deck_digest`` its sha256.
+        sources: element names (lower case) that change per sample.
+        values: ``(n, len(sources))`` their DC values, one row per sample.
+        vectors: names of the vectors to read after each analysis (op plot names;
+            a swept voltage source ``v`` reads ``bsw_v#branch`` instead of ``v#branch``).
+        method: ``op`` or ``sweep``.
+        measure: also report ngspice's own analysis time for this job (its ``rusage``).
+    """
+
+    deck: str
+    deck_digest: str
+    sources: tuple[str, ...]
+    values: np.ndarray
+    vectors: tuple[str, ...]
+    method: str = "op"
+    measure: bool = False
+
+
+@dataclass
+class JobResult:
+    values: np.ndarray                 # (n, len(vectors)), NaN where a sample failed
+    messages: tuple[str, ...]          # '' per converged sample
+    rescued: tuple[str, ...] = ()      # per sample, the retry that made it converge ('' none needed)
+    analysis_s: float = float("nan")   # ngspice's analysis time for the job (when measured)
+    pid: int = field(default_factory=os.getpid)
+
+
+def _op(s: NgspiceSession) -> str:
+    """One operating point on the loaded circuit: '' or the failure text (an injected fault first)."""
+    if injected_nonconvergence():
+        return "ngspice op failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
+    return s.op()
+
+
+def sweep_samples(s: NgspiceSession, n: int) -> str:
+    """The DC sweep of a loaded sweep deck through samples ``0..n-1``: '' or the failure text."""
+    if injected_nonconvergence():
+        return "ngspice dc sweep failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
+    return s.dc(SWEEP_SOURCE, 0, n - 1, 1)
+
+
+def _op_values(s: NgspiceSession, vectors: list[str]) -> tuple[np.ndarray | None, str]:
+    """One ``op`` on the loaded circuit: (values, '') or (None, what failed)."""
+    failure = _op(s)
+    values = None if failure else s.read(vectors)
+    s.destroy_plots()
+    if values is None:
+        return None, failure or ("ngspice op produced no vectors (analysis failed silently); "
+                                 "inspect the deck with 'ffebm netlist' and 'ngspice -b'")
+    return values, ""
+
+
+def op_with_retries(s: NgspiceSession, vectors: list[str],
+                    keep_stats: bool = False) -> tuple[np.ndarray | None, str, str]:
+    """An operating point of the loaded circuit, its sources already set, with the retries of
+    :data:`HOMOTOPIES`: ``(values, '', rescued)`` (``rescued`` the homotopy that converged, ''
+    for none needed) or ``(None, message, '')``. After a retry the circuit is unloaded (its
+    options changed): load it again before the next sample."""
+    values, failure = _op_values(s, vectors)
+    if values is not None:
+        return values, "", ""
+    for how, command in HOMOTOPIES:
+        s.set_options(command)
+        values, _ = _op_values(s, vectors)
+        if values is not None:
+            break
+    # The retry options stay on the circuit: reload it so the next sample
+    # (and the next job) runs with the deck's own options.
+    s.unload(keep_stats=keep_stats)
+    if values is None:
+        return None, f"{failure} (also failed with {' and '.join(h for h, _ in HOMOTOPIES)})", ""
+    return values, "", how
+
+
+def _run_op(s: NgspiceSession, job: DeckJob) -> JobResult:
+    n = job.values.shape[0]
+    out = np.full((n, len(job.vectors)), np.nan)
+    vectors = list(job.vectors)
+    messages, rescued = [], []
+    for b in range(n):
+        s.load(job.deck, job.deck_digest, keep_stats=job.measure)     # no-op unless a retry unloaded it
+        for name, v in zip(job.sources, job.values[b]):
+            s.set_dc(name, v)
+        values, message, how = op_with_retries(s, vectors, keep_stats=job.measure)
+        messages.append(message)
+        rescued.append(how)
+        if values is not None:
+            out[b] = values
+    return JobResult(out, tuple(messages), tuple(rescued))
+
+
+def _run_sweep(s: NgspiceSession, job: DeckJob) -> JobResult | None:
+    n = job.values.shape[0]
+    deck = sweep_deck(job.deck, job.sources, job.values, job.deck_digest)
+    try:
+        s.load(deck, keep_stats=job.measure)
+    except NgspiceDeckError:
+        s.unload()
+        return None
+    failure = sweep_samples(s, n)
+    changing = (job.values != job.values[0]).any(0)
+    swept = {name for name, c in zip(job.sources, changing.tolist()) if c}
+    names = [swept_vector_name(v, swept) for v in job.vectors]
+    values = None if failure else s.read_arrays(names, n)
+    sweep = None if values is None else s.read_arrays([f"v({SWEEP_NODE})"], n)
+    s.unload(keep_stats=job.measure)          # a sweep deck is used once
+    if values is None or sweep is None or not np.array_equal(sweep[:, 0], np.arange(n, dtype=np.float64)):
+        return None
+    return JobResult(values, ("",) * n)
+
+
+def run_job(job: DeckJob) -> JobResult:
+    """Run ``job`` on this process's libngspice (the task a pool or Dask worker executes)."""
+    s = session()
+    with s.lock:
+        start = s.analysis_seconds() if job.measure else 0.0
+        try:
+            result = None
+            if job.method == "sweep" and job.values.shape[0] > 1:
+                result = _run_sweep(s, job)
+            if result is None:                 # op requested, one sample, or the sweep failed
+                result = _run_op(s, job)
+        except NgspiceDeckError as e:
+            n = job.values.shape[0]
+            result = JobResult(np.full((n, len(job.vectors)), np.nan), (str(e),) * n)
+        if job.measure:
+            result.analysis_s = s.analysis_seconds() - start
+    return result
