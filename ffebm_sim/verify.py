@@ -114,7 +114,7 @@ def _amplifier_outputs_dv(solvers, circuit: BlockCircuit, inputs, nudge, referen
     """Largest difference (V) between ngspice's amplifier output nodes ``a<k>_<j>`` and the
     reference's ``A * x`` (the reference eliminates those nodes), over the ngspice solvers."""
     from dataclasses import replace
-    from .backends.ngspice import run_job
+    from .backends.jobs import run_job
     names = tuple(amplifier_output_node_names(circuit))
     want = torch.cat([v_out for *_, v_out, _ in port_quantities(circuit, reference.node_voltages_v)], 1)
     dv = 0.0

@@ -120,7 +120,8 @@ def test_ngspice_agrees_on_every_node_including_the_amplifier_outputs():
 
 
 def test_port_currents_match_ngspice_sense_sources():
-    from ffebm_sim.backends.ngspice import NgspiceBackend, run_job
+    from ffebm_sim.backends.jobs import run_job
+    from ffebm_sim.backends.ngspice import NgspiceBackend
     c = amplified()
     u = random_inputs(c, 4, seed=2)
     x = ReferenceBackend().solve(c, u).node_voltages_v
