@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ffebm_sim.bench import machine  # noqa: E402
+from ffebm_sim.model import build_model, parameter_counts  # noqa: E402
 from ffebm_sim.spec import read_toml  # noqa: E402
 from ffebm_sim.train import TrainConfig, train  # noqa: E402
 
@@ -173,7 +174,7 @@ def run(name: str, spec: dict | Path, data: str, backend: str = "reference", epo
     s = train(cfg, log=lambda m: print(f"  [{tag}] {m}", flush=True))
     flags = " ".join(f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is True)
     rel = path.relative_to(ROOT)
-    return {"name": name, "data": data, "backend": backend, "epochs": s["epochs"],
+    row = {"name": name, "data": data, "backend": backend, "epochs": s["epochs"],
             "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
             "seconds": time.perf_counter() - t0, "solves": s["solver_stats"]["solves"],
             "failures": s["solver_stats"]["failures"], "spec": str(rel),
@@ -181,6 +182,8 @@ def run(name: str, spec: dict | Path, data: str, backend: str = "reference", epo
             "per_epoch": _epochs(out),
             "command": f"ffebm train {rel} --data {data} --backend {backend}"
                        + (f" --epochs {epochs}" if epochs else "") + (f" {flags}" if flags else "")}
+    (out.parent / f"{data}_{tag}.row.json").write_text(json.dumps(row, indent=1))    # survives a crash of the part
+    return row
 
 
 def ablations(name: str, epochs: int | None, workers: int) -> list[dict]:
@@ -188,11 +191,13 @@ def ablations(name: str, epochs: int | None, workers: int) -> list[dict]:
     spec_path, data = MODELS[name]
     options = {"backend_options": {"workers": workers}} if workers > 1 else {}
     rows = []
-    for label, spec, backend, extra in (
-            ("EP, ngspice in the loop", spec_path, "ngspice", options),
-            ("EP, reference", spec_path, "reference", {}),
-            ("conductances frozen", spec_path, "reference", {"freeze_analog": True}),
-            ("digital twin, backprop", digital_twin(read_toml(spec_path)), "reference", {})):
+    counts = parameter_counts(build_model(spec_path))
+    plan = [("EP, ngspice in the loop", spec_path, "ngspice", options),
+            ("EP, reference", spec_path, "reference", {})]
+    if counts["digital"]:            # a fully analog DRN frozen is its random initial network: nothing trains
+        plan.append(("conductances frozen", spec_path, "reference", {"freeze_analog": True}))
+    plan.append(("digital twin, backprop", digital_twin(read_toml(spec_path)), "reference", {}))
+    for label, spec, backend, extra in plan:
         r = run(name if not isinstance(spec, dict) else spec["name"], spec, data, backend, epochs, **extra)
         r.update(label=label, model=name)
         rows.append(r)
@@ -214,9 +219,14 @@ def _pct(r: dict) -> str:
     return f"{a} / {d} ({100 * a / max(a + d, 1):.1f} %)"
 
 
-def write(results: dict) -> None:
+def write(results: dict, keys: tuple[str, ...] = ()) -> None:
+    """Write training.json and .md; ``keys``: the parts this run measured, merged into what the file
+    holds now (another part may be running beside this one and have written since we read it)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training.json").write_text(json.dumps(results, indent=1))
+    path = RESULTS / "training.json"
+    if keys and path.exists():
+        results = {**json.loads(path.read_text()), **{k: results[k] for k in keys if k in results}}
+    path.write_text(json.dumps(results, indent=1))
     m = results["machine"]
     lines = ["# Training benchmark (`benchmarks/bench_training.py`)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM; {m['ngspice']}, torch {m['torch']}. "
@@ -285,7 +295,7 @@ def main() -> None:
             rows = ablations(name, args.epochs, args.workers)
             results["ablations"] = [r for r in results.get("ablations", []) if r["model"] != name] + rows
             results.setdefault("trajectories", {})[name] = trajectory_gap(rows[0], rows[1])
-            write(results)
+            write(results, ("machine", "ablations", "trajectories"))
     else:
         base = read_toml(MODELS["digits_ffebm"][0])
         runs = [(n, None, "reference") for n in SPLIT_WIDTHS]
@@ -302,7 +312,7 @@ def main() -> None:
                      amplifier_gain=gain)
             rows.append(r)
             results["splitting"] = sorted(rows, key=lambda r: (r["blocks"], r["backend"], r.get("amplifier_gain") or 0))
-            write(results)
+            write(results, ("machine", "splitting"))
 
 
 if __name__ == "__main__":

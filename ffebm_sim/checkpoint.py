@@ -48,17 +48,24 @@ def plain(obj, where: str = "state"):
 
 
 def save_checkpoint(directory: Path, epoch: int, state: dict) -> Path:
-    """Write ``epoch_<NNNN>.pt`` and then its checksum; returns the checkpoint path."""
+    """Write the checksum of ``epoch_<NNNN>.pt`` and then the checkpoint; returns its path.
+
+    Both writes are atomic (a rename), and the checksum goes first, so a ``.pt``
+    never exists without its checksum, whenever the process is killed: a kill
+    between the two leaves only a ``.sha256``, which no resume reads and the next
+    save of that epoch replaces.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(plain(state), buf)
     data = buf.getvalue()
     path = directory / f"epoch_{epoch:04d}.pt"
-    atomic_write_bytes(path, data)
+    sums = path.with_suffix(".sha256")
+    atomic_write_bytes(sums, hashlib.sha256(data).hexdigest().encode())
     try:
-        atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+        atomic_write_bytes(path, data)
     except BaseException:
-        path.unlink(missing_ok=True)         # no checkpoint without its checksum
+        sums.unlink(missing_ok=True)         # no checksum of a checkpoint that was not written
         raise
     return path
 

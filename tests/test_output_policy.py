@@ -283,6 +283,25 @@ def test_disk_full_names_the_checkpoint_and_leaves_no_lone_checksum(capsys, tmp_
     assert (ckpts / "epoch_0002.pt").is_file()
 
 
+def test_a_checkpoint_never_exists_without_its_checksum(tmp_path, monkeypatch):
+    # A SIGKILL can land between any two renames; the checksum is renamed into place first, so
+    # whenever epoch_0001.pt exists its checksum does too (a kill in between leaves a lone
+    # .sha256 that no resume reads).
+    from ffebm_sim.checkpoint import save_checkpoint
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append((Path(dst).name, sorted(q.name for q in Path(dst).parent.glob("epoch_*"))))
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(tmp_path / "ckpt", 1, {"model": {"w": torch.zeros(3)}})
+    assert [name for name, _ in seen] == ["epoch_0001.sha256", "epoch_0001.pt"]
+    assert seen[1][1] == ["epoch_0001.sha256"]          # the .pt appears only after its checksum
+    monkeypatch.undo()
+    assert load_latest(tmp_path / "ckpt")[0] == 1
+
+
 def test_a_missing_checksum_is_not_called_a_mismatch(trained, tiny):
     train(TrainConfig(model=str(tiny), out=str(trained), epochs=2, **CFG), resume=True, log=lambda m: None)
     (trained / "checkpoints" / "epoch_0002.sha256").unlink()
