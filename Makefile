@@ -31,7 +31,8 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $@
 
 # The main job: train the digits ff-EBM with ngspice in the loop (EP through the
-# SPICE blocks, backprop through the digital ones). About 2 minutes on 2 cores.
+# SPICE blocks, backprop through the digital ones); it prints the analog and digital
+# parameter counts first. Several minutes on 2 cores (README: measured times).
 DEMO_RUN := build/demo_digits
 demo: setup
 	@rm -rf $(DEMO_RUN)

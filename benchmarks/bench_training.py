@@ -153,7 +153,7 @@ def _epochs(run_dir: Path) -> list[dict]:
 
 
 def run(name: str, spec: dict | Path, data: str, backend: str = "reference", epochs: int | None = None,
-        **overrides) -> dict:
+        resume: bool = False, **overrides) -> dict:
     """Train one configuration; the row records its command, accuracies, time, epochs and parameter counts."""
     SPECS.mkdir(parents=True, exist_ok=True)
     if isinstance(spec, dict):
@@ -164,19 +164,20 @@ def run(name: str, spec: dict | Path, data: str, backend: str = "reference", epo
     training = read_toml(path).get("training", {})
     tag = "_".join([name, backend] + [k for k, v in overrides.items() if v is True])
     out = ROOT / "build" / "bench_training" / f"{data}_{tag}"
-    if out.exists():
+    resume = resume and (out / "checkpoints").is_dir()      # continue an interrupted run of this part
+    if out.exists() and not resume:
         import shutil
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {**training, **({"epochs": epochs} if epochs else {}), **overrides}
     cfg = TrainConfig(model=str(path), out=str(out), data=data, backend=backend, **settings)
     t0 = time.perf_counter()
-    s = train(cfg, log=lambda m: print(f"  [{tag}] {m}", flush=True))
+    s = train(cfg, resume=resume, log=lambda m: print(f"  [{tag}] {m}", flush=True))
     flags = " ".join(f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is True)
     rel = path.relative_to(ROOT)
     row = {"name": name, "data": data, "backend": backend, "epochs": s["epochs"],
             "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
-            "seconds": time.perf_counter() - t0, "solves": s["solver_stats"]["solves"],
+            "seconds": s.get("seconds", time.perf_counter() - t0), "solves": s["solver_stats"]["solves"],
             "failures": s["solver_stats"]["failures"], "spec": str(rel),
             "analog_parameters": s.get("analog_parameters"), "digital_parameters": s.get("digital_parameters"),
             "per_epoch": _epochs(out),
@@ -184,6 +185,30 @@ def run(name: str, spec: dict | Path, data: str, backend: str = "reference", epo
                        + (f" --epochs {epochs}" if epochs else "") + (f" {flags}" if flags else "")}
     (out.parent / f"{data}_{tag}.row.json").write_text(json.dumps(row, indent=1))    # survives a crash of the part
     return row
+
+
+def recorded(run_dir: Path, model: str, label: str, backend: str, flags: str = "") -> dict:
+    """A row from a finished ``ffebm train`` run of ``model``'s spec (or a copy that builds the same
+    model, checked here parameter for parameter), for runs too long to repeat inside this script."""
+    import torch as _torch
+    spec_path, data = MODELS[model]
+    stored = json.loads((run_dir / "config.json").read_text())
+    given = Path(stored["model"])             # relative to where that run was started: look upwards
+    theirs_path = next((q for q in [given, *(d / given for d in run_dir.resolve().parents)] if q.is_file()), given)
+    ours, theirs = build_model(spec_path).state_dict(), build_model(theirs_path).state_dict()
+    if list(ours) != list(theirs) or not all(_torch.equal(ours[k], theirs[k]) for k in ours):
+        raise SystemExit(f"{run_dir}: its spec {stored['model']} does not build {spec_path.name}'s model")
+    s = json.loads((run_dir / "summary.json").read_text())
+    counts = parameter_counts(build_model(spec_path))
+    rel = spec_path.relative_to(ROOT)
+    return {"name": model, "data": data, "backend": backend, "epochs": s["epochs"], "model": model, "label": label,
+            "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"], "seconds": s["seconds"],
+            "solves": s["solver_stats"]["solves"], "failures": s["solver_stats"]["failures"], "spec": str(rel),
+            # runs made before summary.json carried the counts: the same model's, counted here
+            "analog_parameters": s.get("analog_parameters", counts["analog"]),
+            "digital_parameters": s.get("digital_parameters", counts["digital"]),
+            "per_epoch": _epochs(run_dir), "recorded_from": stored["model"],
+            "command": f"ffebm train {rel} --data {data} --backend {backend}" + (f" {flags}" if flags else "")}
 
 
 def ablations(name: str, epochs: int | None, workers: int) -> list[dict]:
@@ -219,13 +244,26 @@ def _pct(r: dict) -> str:
     return f"{a} / {d} ({100 * a / max(a + d, 1):.1f} %)"
 
 
+#: The row lists of training.json and what identifies a row (two parts may run side by side).
+ROW_KEYS = {"splitting": lambda r: (r["blocks"], r["backend"], r.get("amplifier_gain") or 0),
+            "ablations": lambda r: (r["model"], r["label"])}
+
+
 def write(results: dict, keys: tuple[str, ...] = ()) -> None:
     """Write training.json and .md; ``keys``: the parts this run measured, merged into what the file
     holds now (another part may be running beside this one and have written since we read it)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "training.json"
     if keys and path.exists():
-        results = {**json.loads(path.read_text()), **{k: results[k] for k in keys if k in results}}
+        merged = json.loads(path.read_text())
+        for k in keys:
+            if k in ROW_KEYS and k in results:    # rows: ours replace theirs of the same identity, theirs stay
+                ours = {ROW_KEYS[k](r) for r in results[k]}
+                merged[k] = sorted([r for r in merged.get(k, []) if ROW_KEYS[k](r) not in ours] + results[k],
+                                   key=lambda r: str(ROW_KEYS[k](r)))
+            elif k in results:
+                merged[k] = results[k]
+        results = merged
     path.write_text(json.dumps(results, indent=1))
     m = results["machine"]
     lines = ["# Training benchmark (`benchmarks/bench_training.py`)", "",
@@ -273,13 +311,19 @@ def write(results: dict, keys: tuple[str, ...] = ()) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["ablations", "splitting"], required=True)
+    p.add_argument("--part", choices=["ablations", "splitting", "record"], required=True)
+    p.add_argument("--run", nargs=3, action="append", metavar=("RUN_DIR", "LABEL", "BACKEND"), default=[],
+                   help="record: a finished run of --model's spec (repeatable); LABEL as in the ablations table, "
+                        "a frozen run's label must start with 'conductances frozen'")
     p.add_argument("--model", choices=list(MODELS), action="append",
                    help="ablations: the models to run (repeatable; default all four)")
     p.add_argument("--epochs", type=int, default=None, help="override the specs' [training] epochs")
     p.add_argument("--workers", type=int, default=1, help="ngspice workers")
     p.add_argument("--amplifier-gain", type=float, default=None,
                    help="splitting: also run the 1-block network with this gain between its layers")
+    p.add_argument("--blocks", type=int, action="append", choices=list(SPLIT_WIDTHS),
+                   help="splitting: the splits to train with the reference (repeatable; default 1, 2 and 4)")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs of this part from their checkpoints")
     p.add_argument("--ngspice-blocks", type=int, action="append", default=[],
                    help="splitting: also train this split with ngspice in the loop (repeatable)")
     args = p.parse_args()
@@ -290,7 +334,16 @@ def main() -> None:
         results["history_linear_flagship"] = results.pop("methods")
         results.pop("splitting", None)
     results["machine"] = machine()
-    if args.part == "ablations":
+    if args.part == "record":
+        (name,) = args.model
+        rows = [recorded(Path(d), name, label, backend, "--freeze-analog" if label.startswith("conductances frozen") else "")
+                for d, label, backend in args.run]
+        results["ablations"] = rows
+        by = {r["label"]: r for r in rows}
+        if "EP, ngspice in the loop" in by and "EP, reference" in by:
+            results.setdefault("trajectories", {})[name] = trajectory_gap(by["EP, ngspice in the loop"], by["EP, reference"])
+        write(results, ("machine", "ablations", "trajectories"))
+    elif args.part == "ablations":
         for name in args.model or list(MODELS):
             rows = ablations(name, args.epochs, args.workers)
             results["ablations"] = [r for r in results.get("ablations", []) if r["model"] != name] + rows
@@ -298,7 +351,7 @@ def main() -> None:
             write(results, ("machine", "ablations", "trajectories"))
     else:
         base = read_toml(MODELS["digits_ffebm"][0])
-        runs = [(n, None, "reference") for n in SPLIT_WIDTHS]
+        runs = [(n, None, "reference") for n in (args.blocks or SPLIT_WIDTHS)]
         runs += [(n, None, "ngspice") for n in args.ngspice_blocks]
         if args.amplifier_gain is not None:
             runs.append((1, args.amplifier_gain, "reference"))
@@ -306,7 +359,7 @@ def main() -> None:
                 if (r["blocks"], r.get("amplifier_gain"), r["backend"]) not in set(runs)]
         for n, gain, backend in runs:
             spec = split_spec(base, n, gain)
-            r = run(spec["name"], spec, "digits", backend, args.epochs)
+            r = run(spec["name"], spec, "digits", backend, args.epochs, resume=args.resume)
             plan = split_plan(n, SPLIT_WIDTHS[n])
             r.update(blocks=n, plan=" + ".join(str(s) for s in plan), conductances=conductance_count(plan),
                      amplifier_gain=gain)
