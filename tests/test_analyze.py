@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_block, random_inputs
+from conftest import analyze_tiny, make_block, random_inputs
 from ffebm_sim.analyze.cli import analyze
 from ffebm_sim.analyze.power import element_powers
 from ffebm_sim.analyze.settling import node_capacitances, simulate_step, slowest_time_constant
@@ -163,32 +163,13 @@ def test_pulse_counts_from_reset():
     assert len(traj) == 10001 and traj[5000] == pytest.approx(5e-5)
 
 
-TINY = """
-name = "tiny"
-input_size = 64
-[loss]
-kind = "cross_entropy"
-logit_scale = 20.0
-[[blocks]]
-type = "Linear"
-args = { in_features = 64, out_features = 6 }
-[[blocks]]
-type = "energy"
-g_max = 1e-3
-{extra}
-[blocks.circuit]
-layers = [6, 5, 10]
-input_gain = 4.0
-nonlinearity = { kind = "double", diode = { is = 1e-12, n = 1.0 } }
-conductances = { low = 0.0, high = 1e-4, seed = 3 }
-"""
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("analyze")
     spec = d / "tiny.toml"
-    spec.write_text(TINY.replace("{extra}", ""))
+    spec.write_text(analyze_tiny())
     train(TrainConfig(model=str(spec), out=str(d / "run"), epochs=1, batch_size=128), log=lambda m: None)
     return d, spec, d / "run" / "checkpoints" / "epoch_0001.pt"
 
@@ -240,7 +221,7 @@ def test_capacitance_keys_in_the_spec_and_linear_scaling(trained):
     settle = {}
     for c in (1e-14, 4e-14):
         spec = d / f"tiny_c{c}.toml"
-        spec.write_text(TINY.replace("{extra}", f"node_capacitance_f = {c!r}"))
+        spec.write_text(analyze_tiny(f"node_capacitance_f = {c!r}"))
         out = d / f"out_c{c}"
         r = _run(spec, "--checkpoint", ckpt, "--samples", 2, "--out", out, "--no-nudged")
         assert r.exit_code == 0, r.output + repr(r.exception)
@@ -249,7 +230,7 @@ def test_capacitance_keys_in_the_spec_and_linear_scaling(trained):
         settle[c] = b["settling_s_median"]
     assert settle[4e-14] / settle[1e-14] == pytest.approx(4.0, rel=1e-3)     # the network is linear in C
     bad = d / "tiny_bad.toml"
-    bad.write_text(TINY.replace("{extra}", "node_capacitance_f = -1.0"))
+    bad.write_text(analyze_tiny("node_capacitance_f = -1.0"))
     r = _run(bad, "--checkpoint", ckpt, "--out", d / "never")
     assert isinstance(r.exception, SpecError) and "node_capacitance_f" in str(r.exception)
     assert not (d / "never").exists()

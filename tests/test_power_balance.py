@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_block, random_inputs
+from conftest import analyze_tiny, make_block, random_inputs
 from ffebm_sim.analyze.phases import solve_phase
 from ffebm_sim.analyze.power import element_powers
 from ffebm_sim.analyze.spice import operating_points
@@ -195,27 +195,9 @@ def test_kron_reduced_transient_deck_has_the_full_decks_operating_point():
     assert np.abs(full - red).max() < 1e-12
 
 
-NONIDEAL = """
-name = "tiny_nonideal"
-input_size = 64
-[loss]
-kind = "cross_entropy"
-logit_scale = 20.0
-[[blocks]]
-type = "Linear"
-args = { in_features = 64, out_features = 6 }
-[[blocks]]
-type = "energy"
-g_max = 1e-3
-[blocks.circuit]
-layers = [6, 5, 10]
-input_gain = 4.0
-wire_resistance = 8.0
-temperature = 60.0
-mismatch = { conductance_sigma = 0.2, is_sigma = 1.0, n_sigma = 0.05, seed = 3 }
-nonlinearity = { kind = "double", diode = { is = 1e-12, n = 1.0 } }
-conductances = { low = 0.0, high = 1e-4, seed = 3 }
-"""
+NONIDEAL = analyze_tiny(circuit_extra="wire_resistance = 8.0\ntemperature = 60.0\nmismatch = { conductance_sigma = 0.2, "
+                        "is_sigma = 1.0, n_sigma = 0.05, seed = 3 }", name="tiny_nonideal")
+
 
 
 def test_analyze_a_trained_block_with_wires_mismatch_and_temperature(tmp_path):
