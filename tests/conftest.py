@@ -24,60 +24,35 @@ def make_block(sizes, kind="double", seed=0, gain=2.0, bias=False, output=None, 
                         name=f"test_{kind}", **kw)
 
 
-#: A tiny digits model for analysis tests (Linear 64->6, one 6->5->10 energy block): ``{extra}``
-#: goes into the energy-block entry, ``{circuit_extra}`` into its ``[blocks.circuit]``.
-ANALYZE_TINY = """
-name = "tiny"
-input_size = 64
-[loss]
-kind = "cross_entropy"
-logit_scale = 20.0
-[[blocks]]
-type = "Linear"
-args = { in_features = 64, out_features = 6 }
-[[blocks]]
-type = "energy"
-g_max = 1e-3
-{extra}
-[blocks.circuit]
-layers = [6, 5, 10]
-input_gain = 4.0
-{circuit_extra}
-nonlinearity = { kind = "double", diode = { is = 1e-12, n = 1.0 } }
-conductances = { low = 0.0, high = 1e-4, seed = 3 }
-"""
-
-
-def analyze_tiny(extra: str = "", circuit_extra: str = "", name: str = "tiny") -> str:
-    """:data:`ANALYZE_TINY` with its two insertion points filled."""
-    return (ANALYZE_TINY.replace("{extra}", extra).replace("{circuit_extra}", circuit_extra)
-            .replace('name = "tiny"', f'name = "{name}"', 1))
-
-
-#: A tiny digits model (Linear 64->8, one 8->8->10 energy block) for training tests.
-TINY = """
-name = "tiny"
-input_size = 64
-[loss]
-kind = "cross_entropy"
-logit_scale = 20.0
-[training]
+TRAINING_TABLE = """[training]
 epochs = 2
 batch_size = 64
 lr = 1e-2
 lr_analog = 3e-2
-[[blocks]]
-type = "Linear"
-args = { in_features = 64, out_features = 8 }
-[[blocks]]
-type = "energy"
-g_max = 1e-3
-[blocks.circuit]
-layers = [8, 8, 10]
-input_gain = 4.0
-nonlinearity = { kind = "double", diode = { is = 1e-12, n = 1.0 } }
-conductances = { low = 0.0, high = 1e-4, seed = 3 }
 """
+
+
+def tiny_model(width: int, hidden: int, training: str = "", extra: str = "", circuit_extra: str = "",
+               name: str = "tiny") -> str:
+    """A tiny digits model spec: Linear 64->``width``, one ``width``->``hidden``->10 energy block.
+    ``training``: a ``[training]`` table; ``extra`` goes into the energy-block entry,
+    ``circuit_extra`` into its ``[blocks.circuit]``."""
+    lines = [f'name = "{name}"', "input_size = 64", "[loss]", 'kind = "cross_entropy"', "logit_scale = 20.0",
+             training.rstrip("\n"), "[[blocks]]", 'type = "Linear"',
+             f"args = {{ in_features = 64, out_features = {width} }}", "[[blocks]]", 'type = "energy"',
+             "g_max = 1e-3", extra, "[blocks.circuit]", f"layers = [{width}, {hidden}, 10]", "input_gain = 4.0",
+             circuit_extra, 'nonlinearity = { kind = "double", diode = { is = 1e-12, n = 1.0 } }',
+             "conductances = { low = 0.0, high = 1e-4, seed = 3 }"]
+    return "\n" + "\n".join(line for line in lines if line) + "\n"
+
+
+def analyze_tiny(extra: str = "", circuit_extra: str = "", name: str = "tiny") -> str:
+    """The tiny model of the analysis tests (Linear 64->6, one 6->5->10 energy block)."""
+    return tiny_model(6, 5, "", extra, circuit_extra, name)
+
+
+#: A tiny digits model (Linear 64->8, one 8->8->10 energy block) for training tests.
+TINY = tiny_model(8, 8, TRAINING_TABLE)
 
 
 @pytest.fixture
