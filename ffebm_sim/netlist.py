@@ -47,28 +47,25 @@ Element names (a backend alters them, so they are written once here):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .circuit import (BlockCircuit, Nonlinearity, amplifier_node_name, amplifier_sense_name,
-                      amplifier_source_node_name, column_node_name, node_name, row_node_name, source_names,
+                      amplifier_source_node_name, column_node_name, free_node_names, node_name, row_node_name, source_names,
                       source_node_names, source_voltages)
 from .devices import DEFAULT_EG_EV, DEFAULT_XTI, NOMINAL_TEMPERATURE_C
 from .devices import DiodeModel
+from .dialects import SPICE_TOLERANCES, Dialect, continued, get_dialect, num
 from .numerics import fixed_order_matmul
 
 LIBRARY_PATH = Path(__file__).resolve().parent.parent / "circuits" / "ffebm.lib"
 
 #: ngspice options every deck carries: tight tolerances so decks agree with the
 #: reference to ~1e-12 V, and the junction GMIN the reference models.
-SOLVER_OPTIONS = "reltol=1e-9 vntol=1e-12 abstol=1e-15"
-
-
-def num(x: float) -> str:
-    """A float as SPICE text, round-trip exact (17 significant digits)."""
-    return repr(float(x))
+SOLVER_OPTIONS = SPICE_TOLERANCES
 
 
 def nudge_source_name(j: int) -> str:
@@ -113,7 +110,8 @@ def _library() -> dict[str, str]:
 class _Models:
     """Distinct device models and the subcircuits built on them, numbered in order of use."""
 
-    def __init__(self):
+    def __init__(self, dialect: Dialect):
+        self.dialect = dialect
         self.diodes: list[DiodeModel] = []
         self.tables: list = []
         self.cards: list[str] = []
@@ -133,10 +131,12 @@ class _Models:
         if table not in self.tables:
             self.tables.append(table)
         m = self.tables.index(table)
-        points = [f"{num(v)}, {num(i)}" for v, i in zip(table.voltages_v, table.currents_a)]
-        # Four points per continuation line ('+'), so long tables stay readable.
-        rows = [", ".join(points[i:i + 4]) for i in range(0, len(points), 4)]
-        return self._subckt("pwl_element", f"pwl_element{m}", {"PWLTABLE": "\n+ " + ",\n+ ".join(rows)})
+        name = f"pwl_element{m}"
+        if not any(c.startswith(f".subckt {name} ") for c in self.cards):
+            # The subcircuit's terminal and name from circuits/ffebm.lib, its element card from the dialect.
+            header = self.library["pwl_element"].splitlines()[0].replace(".subckt pwl_element", f".subckt {name}", 1)
+            self.cards.append("\n".join([header.rstrip(), *self.dialect.pwl_element(table), f".ends {name}"]))
+        return name
 
     def _subckt(self, base: str, name: str, replacements: dict[str, str]) -> str:
         header = f".subckt {name} "
@@ -152,126 +152,221 @@ class _Models:
         return name
 
 
-def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, control: bool = True,
-              nudge_currents_a=None, nudge_conductance_s: float = 0.0, nudge_target_v=None,
-              command: str | None = None) -> str:
-    """The SPICE deck of ``circuit`` for one input vector.
+class _Cards:
+    """The deck's cards in order, split into the network (what a placed block contains) and
+    its supplies (input and rail sources, nudges: what a testbench drives). In a standalone
+    deck both go into one list, in emission order."""
 
-    Args:
-        inputs: ``(n_0,)`` input features (default zeros); sources get ``+-a*u``.
-        reduced: write the Norton-reduced input layer instead of the sources.
-        control: append the ``.control`` block that runs ``op`` and prints.
-        nudge_currents_a: ``(n_out,)`` currents into the output nodes (A), default 0.
-        nudge_conductance_s, nudge_target_v: the resistive nudge (S, V), if any.
-        command: the command line that regenerates this deck, recorded in its header.
-    """
+    def __init__(self, split: bool):
+        self.network: list[str] = []
+        self.supplies: list[str] = []
+        self.rails: list[str] = []
+        self.nudge: list[str] = []
+        self.split = split
+
+    def net(self, *lines: str) -> None:
+        self.network.extend(lines)
+
+    def src(self, *lines: str) -> None:
+        (self.supplies if self.split else self.network).extend(lines)
+
+    def rail(self, line: str) -> None:
+        """A DC rail source ``V<name> <node> 0 DC <v>``: a supply, and its node a port of the block."""
+        self.rails.append(line.split()[1])
+        self.src(line)
+
+
+def _header(circuit: BlockCircuit, form: str, dialect: Dialect, command: str | None, reduced_requested: bool) -> list[str]:
     sizes = circuit.layer_sizes
-    n0, m = sizes[0], circuit.depth
-    u = np.zeros(n0) if inputs is None else np.asarray(inputs, dtype=np.float64).reshape(n0)
-    a = circuit.input_gain_v
-    v_src = source_voltages(circuit, u)
-    wires = circuit.has_wires
-    reduced_requested = reduced
-    reduced = reduced and not wires
-    actual = circuit.actual_conductances()
-    g1 = actual[0]
-    models = _Models()
-    out: list[str] = []
-    form = "reduced (Norton-equivalent input layer)" if reduced else "physical"
-    out += [
-        f"* ffebm-sim {__version__} energy block '{circuit.name}', {form} deck",
-        f"* layers: {n0} inputs (x2 sources, gain {num(a)} V/unit) -> " + " -> ".join(str(s) for s in sizes[1:]),
+    out = [
+        f"* ffebm-sim {__version__} energy block '{circuit.name}', {form}",
+        f"* layers: {sizes[0]} inputs (x2 sources, gain {num(circuit.input_gain_v)} V/unit) -> "
+        + " -> ".join(str(s) for s in sizes[1:]),
         "* free nodes n<layer>_<index>; conductances G in siemens are written as resistances 1/G in ohms;",
         "* zero conductances are open circuits and are not written.",
     ]
+    out += dialect.header
     if command:
         out.append(f"* regenerate: {command}")
     if circuit.has_amplifiers:
         stages = ", ".join(f"{num(circuit.amplifier_gain(k))} V/V after layer {k}" for k in circuit.amplified_layers())
         out.append(f"* amplifiers: {stages}; bidirectional (forward VCVS E, backward CCCS F of gain 1/A), "
                    "see docs/amplifier.md")
-    out += _nonideal_header(circuit, reduced_requested)
-    temp = "27" if circuit.temperature_c == NOMINAL_TEMPERATURE_C else num(circuit.temperature_c)
-    out += ["", "* ---- analysis options: tight tolerances, junction GMIN and temperature the reference solver models ----",
-            f".options {SOLVER_OPTIONS} gmin={num(circuit.gmin_s)}",
-            f".options temp={temp} tnom=27", ""]
+    return out + _nonideal_header(circuit, reduced_requested)
 
-    body: list[str] = []
+
+def _option_cards(circuit: BlockCircuit, dialect: Dialect) -> list[str]:
+    temp = "27" if circuit.temperature_c == NOMINAL_TEMPERATURE_C else num(circuit.temperature_c)
+    return ["", "* ---- analysis options: tight tolerances, junction GMIN and temperature the reference solver models ----",
+            *dialect.option_cards(circuit.gmin_s, temp), ""]
+
+
+def emit_deck(circuit: BlockCircuit, inputs=None, *, reduced: bool = False, control: bool = True,
+              nudge_currents_a=None, nudge_conductance_s: float = 0.0, nudge_target_v=None,
+              command: str | None = None, dialect: "str | Dialect" = "ngspice") -> str:
+    """The SPICE deck of ``circuit`` for one input vector.
+
+    Args:
+        inputs: ``(n_0,)`` input features (default zeros); sources get ``+-a*u``.
+        reduced: write the Norton-reduced input layer instead of the sources.
+        control: append the analysis cards (ngspice: the ``.control`` block that runs
+            ``op`` and prints; other formats: ``.op`` and their print card).
+        nudge_currents_a: ``(n_out,)`` currents into the output nodes (A), default 0.
+        nudge_conductance_s, nudge_target_v: the resistive nudge (S, V), if any.
+        command: the command line that regenerates this deck, recorded in its header.
+        dialect: the deck format (:mod:`ffebm_sim.dialects`), ``"ngspice"`` by default.
+    """
+    dialect = get_dialect(dialect)
+    models = _Models(dialect)
+    cards = _block_cards(circuit, inputs, reduced, models, _Cards(split=False), nudge_currents_a,
+                         nudge_conductance_s, nudge_target_v)
+    reduced_used = reduced and not circuit.has_wires
+    form = "reduced (Norton-equivalent input layer)" if reduced_used else "physical"
+    out = _header(circuit, f"{form} deck", dialect, command, reduced) + _option_cards(circuit, dialect)
+    if models.cards:
+        out.append("* ---- device models and subcircuits (from circuits/ffebm.lib) ----")
+        out += models.cards
+        out.append("")
+    out += cards.network
+    if control:
+        sources = [] if reduced_used else [s.upper() for s in source_names(circuit.n_inputs)]
+        out += [""] + dialect.analysis_cards(free_node_names(circuit), sources)
+    out += ["", ".end", ""]
+    return "\n".join(out)
+
+
+def subckt_name(circuit: BlockCircuit) -> str:
+    """The block's subcircuit name: its circuit name as a SPICE identifier."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", circuit.name or "block")
+    return name if name[0].isalpha() else f"b_{name}"
+
+
+def emit_subckt(circuit: BlockCircuit, inputs=None, *, library_file: str, command: str | None = None,
+                dialect: "str | Dialect" = "ngspice", nudge_currents_a=None, nudge_conductance_s: float = 0.0,
+                nudge_target_v=None) -> tuple[str, str]:
+    """The block as a placeable subcircuit: ``(library, testbench)`` texts.
+
+    The library holds the device models, the helper subcircuits and
+    ``.subckt NAME <inputs> <outputs> <rails>``: ports are the input source nodes
+    ``xp<i>`` then ``xm<i>`` (drive them with ``+-a*u_i``), the output nodes
+    ``n<m>_<j>``, then the DC rails the block needs (bias rails ``vbp``/``vbm``, clamp
+    rails ``vhi<k>``/``vlo<k>``). The testbench ``.include``s ``library_file``
+    (a path relative to the testbench), drives the ports with the sources the
+    standalone deck has, places the block as ``XBLOCK``, adds the output nudge and
+    runs the dialect's analysis, printing the outputs and input-source currents.
+    Only the physical form is placeable (a reduced deck bakes the inputs into the block).
+    """
+    dialect = get_dialect(dialect)
+    models = _Models(dialect)
+    cards = _block_cards(circuit, inputs, False, models, _Cards(split=True), nudge_currents_a,
+                         nudge_conductance_s, nudge_target_v)
+    n0, m = circuit.n_inputs, circuit.depth
+    name = subckt_name(circuit)
+    outputs = [node_name(m, j) for j in range(circuit.n_outputs)]
+    ports = source_node_names(n0) + outputs + cards.rails
+    lib = _header(circuit, f"subcircuit {name} (physical)", dialect, command, False)
+    lib += ["* ports: inputs " + " ".join(source_node_names(n0)[:2]) + (" ..." if n0 > 1 else "")
+            + f" ({2 * n0} nodes, xp<i> = +a*u_i, xm<i> = -a*u_i), outputs " + " ".join(outputs[:2])
+            + (" ..." if len(outputs) > 2 else "") + f" ({len(outputs)}), rails " + (" ".join(cards.rails) or "none"),
+            "* no analysis here: place the block with X<name> <ports> " + name
+            + " and drive its ports (the testbench shows how)", ""]
+    if models.cards:
+        lib += ["* ---- device models and subcircuits (from circuits/ffebm.lib) ----", *models.cards, ""]
+    lib += continued(f".subckt {name}", ports) + cards.network + [f".ends {name}", ""]
+    bench = _header(circuit, f"testbench of subcircuit {name} in {library_file}", dialect, command, False)
+    bench += ["", dialect.include_card(library_file)] + _option_cards(circuit, dialect)
+    bench += cards.supplies + ["", f"* ---- the block: {len(ports)} ports ----"] + continued("XBLOCK", ports + [name])
+    if cards.nudge:
+        bench += [""] + cards.nudge
+    bench += [""] + dialect.analysis_cards(outputs, [s.upper() for s in source_names(n0)]) + ["", ".end", ""]
+    return "\n".join(lib), "\n".join(bench)
+
+
+def _block_cards(circuit: BlockCircuit, inputs, reduced: bool, models: _Models, cards: _Cards,
+                 nudge_currents_a, nudge_conductance_s: float, nudge_target_v) -> _Cards:
+    """Every card of the block's body, in deck order, into ``cards`` (network or supplies)."""
+    sizes = circuit.layer_sizes
+    n0, m = sizes[0], circuit.depth
+    u = np.zeros(n0) if inputs is None else np.asarray(inputs, dtype=np.float64).reshape(n0)
+    v_src = source_voltages(circuit, u)
+    wires = circuit.has_wires
+    reduced = reduced and not wires
+    actual = circuit.actual_conductances()
+    g1 = actual[0]
     if reduced:
-        body.append("* ---- input layer, reduced: per layer-1 node, Norton conductance sum_i G1[i,j] and current sum_i G1[i,j]*V_i ----")
+        cards.net("* ---- input layer, reduced: per layer-1 node, Norton conductance sum_i G1[i,j] and current sum_i G1[i,j]*V_i ----")
         g_sum = g1.sum(0)
         i_norton = norton_currents_a(g1, v_src)
         for j in range(sizes[1]):
             if g_sum[j] > 0:
-                body.append(f"RN1_{j} {node_name(1, j)} 0 {num(1.0 / g_sum[j])}")
-            body.append(f"{norton_source_name(j).upper()} 0 {node_name(1, j)} DC {num(i_norton[j])}")
+                cards.net(f"RN1_{j} {node_name(1, j)} 0 {num(1.0 / g_sum[j])}")
+            cards.net(f"{norton_source_name(j).upper()} 0 {node_name(1, j)} DC {num(i_norton[j])}")
     else:
-        body.append("* ---- input sources: V(+i) = +a*u_i, V(-i) = -a*u_i ----")
+        cards.src("* ---- input sources: V(+i) = +a*u_i, V(-i) = -a*u_i ----")
         for name, node, v in zip(source_names(n0), source_node_names(n0), v_src):
-            body.append(f"{name.upper()} {node} 0 DC {num(v)}")
-        body.append("")
+            cards.src(f"{name.upper()} {node} 0 DC {num(v)}")
+        cards.src("")
         if wires:
-            body += _crossbar_cards(circuit, 1, actual[0])
+            cards.net(*_crossbar_cards(circuit, 1, actual[0]))
         else:
-            body.append(f"* ---- layer 1 resistors: {2 * n0} source nodes x {sizes[1]} nodes ----")
+            cards.net(f"* ---- layer 1 resistors: {2 * n0} source nodes x {sizes[1]} nodes ----")
             for s, src in enumerate(source_node_names(n0)):
                 for j in range(sizes[1]):
                     if g1[s, j] > 0:
-                        body.append(f"R1_{src}_{j} {src} {node_name(1, j)} {num(1.0 / g1[s, j])}")
+                        cards.net(f"R1_{src}_{j} {src} {node_name(1, j)} {num(1.0 / g1[s, j])}")
     for k in range(2, m + 1):
         g = actual[k - 1]
-        body.append("")
+        cards.net("")
         if wires:
-            body += _crossbar_cards(circuit, k, g)
+            cards.net(*_crossbar_cards(circuit, k, g))
             continue
         gain = circuit.drive_gain(k)
         if gain != 1.0:
-            body += _amplifier_cards(k - 1, sizes[k - 1], gain) + [""]
+            cards.net(*_amplifier_cards(k - 1, sizes[k - 1], gain), "")
         driver = amplifier_node_name if gain != 1.0 else node_name
         via = f", driven by the amplifier outputs a{k - 1}_<i>" if gain != 1.0 else ""
-        body.append(f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]}{via} ----")
+        cards.net(f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]}{via} ----")
         for i in range(sizes[k - 1]):
             for j in range(sizes[k]):
                 if g[i, j] > 0:
-                    body.append(f"R{k}_{i}_{j} {driver(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
+                    cards.net(f"R{k}_{i}_{j} {driver(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
     if circuit.has_bias:
         vb = circuit.bias_voltage_v
         bias_pos, bias_neg = circuit.actual_bias()
-        body += ["", (f"* ---- bias: conductances to the +{num(vb)} V / -{num(vb)} V rails ----" if not wires else
-                      f"* ---- bias rails +{num(vb)} V / -{num(vb)} V: they drive the last two rows of every crossbar above ----"),
-                 f"VBP vbp 0 DC {num(vb)}", f"VBM vbm 0 DC {num(-vb)}"]
+        comment = (f"* ---- bias: conductances to the +{num(vb)} V / -{num(vb)} V rails ----" if not wires else
+                   f"* ---- bias rails +{num(vb)} V / -{num(vb)} V: they drive the last two rows of every crossbar above ----")
+        cards.src("", comment)
+        cards.rail(f"VBP vbp 0 DC {num(vb)}")
+        cards.rail(f"VBM vbm 0 DC {num(-vb)}")
+        if cards.split:
+            cards.net("", comment.replace("rails", "rails (ports vbp, vbm)", 1))
         if not wires:
             for k in range(1, m + 1):
                 for rail, gs in (("vbp", bias_pos[k - 1]), ("vbm", bias_neg[k - 1])):
                     for j, g in enumerate(gs):
                         if g > 0:
-                            body.append(f"RB{k}_{rail[-1]}{j} {node_name(k, j)} {rail} {num(1.0 / g)}")
+                            cards.net(f"RB{k}_{rail[-1]}{j} {node_name(k, j)} {rail} {num(1.0 / g)}")
     for k in range(1, m + 1):
         nl = circuit.layer_nonlinearity(k)
         if nl is not None:
-            body += [""] + _nonlinearity_cards(k, sizes[k], nl, models,
-                                               circuit.diode_parameters(k, nl) if circuit.has_diode_mismatch else None)
-    body += ["", f"* ---- nudge on the {sizes[-1]} output nodes: current into each node (0 A in the free phase) ----"]
+            cards.net("")
+            _nonlinearity_cards(k, sizes[k], nl, models, cards,
+                                circuit.diode_parameters(k, nl) if circuit.has_diode_mismatch else None)
+    nudge = ["", f"* ---- nudge on the {sizes[-1]} output nodes: current into each node (0 A in the free phase) ----"]
     i_n = np.zeros(sizes[-1]) if nudge_currents_a is None else np.asarray(nudge_currents_a, dtype=np.float64).reshape(-1)
     for j in range(sizes[-1]):
-        body.append(f"{nudge_source_name(j).upper()} 0 {node_name(m, j)} DC {num(i_n[j])}")
+        nudge.append(f"{nudge_source_name(j).upper()} 0 {node_name(m, j)} DC {num(i_n[j])}")
     if nudge_conductance_s != 0:
         y = np.asarray(nudge_target_v, dtype=np.float64).reshape(-1)
-        body.append(f"* resistive nudge: conductance {num(nudge_conductance_s)} S from each output to its target")
+        nudge.append(f"* resistive nudge: conductance {num(nudge_conductance_s)} S from each output to its target")
         for j in range(sizes[-1]):
-            body.append(f"RNUDGE{j} {node_name(m, j)} ynudge{j} {num(1.0 / nudge_conductance_s)}")
-            body.append(f"{target_source_name(j).upper()} ynudge{j} 0 DC {num(y[j])}")
-
-    if models.cards:
-        out.append("* ---- device models and subcircuits (from circuits/ffebm.lib) ----")
-        out += models.cards
-        out.append("")
-    out += body
-    if control:
-        # In batch mode (ngspice -b) leave with status 0 once printed; interactively, stay.
-        out += ["", ".control", "set numdgt=17", "op", "print all", "if $?batchmode", "  quit 0", "end", ".endc"]
-    out += ["", ".end", ""]
-    return "\n".join(out)
+            nudge.append(f"RNUDGE{j} {node_name(m, j)} ynudge{j} {num(1.0 / nudge_conductance_s)}")
+            nudge.append(f"{target_source_name(j).upper()} ynudge{j} 0 DC {num(y[j])}")
+    # The nudge belongs to the testbench of a placed block, after the block itself.
+    cards.nudge = nudge[1:] if cards.split else []
+    if not cards.split:
+        cards.net(*nudge)
+    return cards
 
 
 def _nonideal_header(circuit: BlockCircuit, reduced_requested: bool) -> list[str]:
@@ -342,38 +437,40 @@ def _amplifier_cards(k: int, n: int, gain: float) -> list[str]:
     return lines
 
 
-def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, models: _Models,
-                        per_diode: dict | None = None) -> list[str]:
-    lines = [f"* ---- layer {k} nonlinearity: {nl.kind} ----"]
+def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, models: _Models, cards: _Cards,
+                        per_diode: dict | None = None) -> None:
+    cards.net(f"* ---- layer {k} nonlinearity: {nl.kind} ----")
     if nl.kind == "pwl":
         sub = models.table(nl.table)
-        lines += [f"X{k}_{j} {node_name(k, j)} {sub}" for j in range(n)]
-        return lines
+        cards.net(*(f"X{k}_{j} {node_name(k, j)} {sub}" for j in range(n)))
+        return
     d = nl.emitted_diode
     if nl.kind == "ideal":
-        lines.append(f"* ideal diodes approximated by a steep junction (IS={num(d.saturation_current_a)} A, "
-                     f"N={num(d.emission_coefficient)}); the reference solver's hard clip at +-{num(nl.v_off_v)} V")
-        lines.append("* differs from this deck by about the junction's forward drop (tested in tests/test_agreement.py)")
-    lines += [f"VHI{k} vhi{k} 0 DC {num(nl.v_off_v)}", f"VLO{k} vlo{k} 0 DC {num(-nl.v_off_v)}"]
+        cards.net(f"* ideal diodes approximated by a steep junction (IS={num(d.saturation_current_a)} A, "
+                  f"N={num(d.emission_coefficient)}); the reference solver's hard clip at +-{num(nl.v_off_v)} V",
+                  "* differs from this deck by about the junction's forward drop (tested in tests/test_agreement.py)")
+    if cards.split:
+        cards.src("", f"* ---- clamp rails of layer {k}: +-{num(nl.v_off_v)} V ----")
+    cards.rail(f"VHI{k} vhi{k} 0 DC {num(nl.v_off_v)}")
+    cards.rail(f"VLO{k} vlo{k} 0 DC {num(-nl.v_off_v)}")
     up, down = nl.clamps_up(n), nl.clamps_down(n)
     if per_diode is not None:
-        lines.append("* diode mismatch: every junction has its own .model (IS, N at 27 C)")
+        cards.net("* diode mismatch: every junction has its own .model (IS, N at 27 C)")
         for j in range(n):
             for col, on, card, nodes in ((0, up[j], "DU", f"{node_name(k, j)} vhi{k}"),
                                          (1, down[j], "DD", f"vlo{k} {node_name(k, j)}")):
                 if on:
                     model = f"dk{k}_{j}{'u' if col == 0 else 'd'}"
                     models.cards.append(f".model {model} D(IS={num(per_diode['is'][j, col])} N={num(per_diode['n'][j, col])})")
-                    lines.append(f"{card}{k}_{j} {nodes} {model}")
-        return lines
+                    cards.net(f"{card}{k}_{j} {nodes} {model}")
+        return
     both = models.diode(d, "clamp_double") if (up & down).any() else None
     only_up = models.diode(d, "clamp_up") if (up & ~down).any() else None
     only_down = models.diode(d, "clamp_down") if (~up & down).any() else None
     for j in range(n):
         if up[j] and down[j]:
-            lines.append(f"X{k}_{j} {node_name(k, j)} vhi{k} vlo{k} {both}")
+            cards.net(f"X{k}_{j} {node_name(k, j)} vhi{k} vlo{k} {both}")
         elif up[j]:
-            lines.append(f"X{k}_{j} {node_name(k, j)} vhi{k} {only_up}")
+            cards.net(f"X{k}_{j} {node_name(k, j)} vhi{k} {only_up}")
         elif down[j]:
-            lines.append(f"X{k}_{j} {node_name(k, j)} vlo{k} {only_down}")
-    return lines
+            cards.net(f"X{k}_{j} {node_name(k, j)} vlo{k} {only_down}")
