@@ -1,4 +1,4 @@
-# The README's commands. Both set up whatever is missing (ngspice, .venv, the
+# The README's commands. Both set up whatever is missing (ngspice, gnucap, .venv, the
 # package) and are quick when everything is already there.
 SHELL := /bin/bash
 VENV := .venv
@@ -10,15 +10,23 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # request would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: setup ngspice demo test netlists clean
+.PHONY: setup ngspice gnucap demo test netlists clean
 
-setup: ngspice $(STAMP)
+setup: ngspice gnucap $(STAMP)
 
 ngspice:
 	@if ! /sbin/ldconfig -p | grep -q 'libngspice\.so' || ! command -v ngspice >/dev/null; then \
 		echo "installing ngspice and libngspice0"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ngspice libngspice0 >/dev/null; \
+	fi
+
+# gnucap: the second, independent simulator the tests check the spice3 decks with.
+gnucap:
+	@if ! command -v gnucap >/dev/null; then \
+		echo "installing gnucap"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gnucap >/dev/null; \
 	fi
 
 $(STAMP): setup.cfg pyproject.toml

@@ -20,7 +20,8 @@ from .backends import BACKENDS, Nudge, get_backend
 from .circuit import free_node_names
 from .errors import SpecError
 from .io import atomic_write_text, read_inputs
-from .netlist import emit_deck
+from .dialects import FORMATS
+from .netlist import emit_deck, emit_subckt, subckt_name
 from .outputs import atomic_write_bytes, check_output_file
 from .model import resolve_block
 from .validate import check_solver_memory
@@ -54,12 +55,30 @@ def cli():
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="One input vector (.npy/.json/.csv/.txt).")
 @click.option("--seed", type=click.IntRange(min=0), help="Draw the input vector uniformly in [-1, 1] with this seed.")
 @click.option("--reduced", is_flag=True, help="Replace the source-driven input layer by its exact Norton equivalent.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Deck to write (.cir).")
+@click.option("--format", "deck_format", type=click.Choice(FORMATS), default="ngspice", show_default=True,
+              help="Deck dialect: ngspice (.control block), spice3 (plain .op/.print/.temp), gnucap (spice3 with "
+                   "gnucap's PWL element), xyce, ltspice (docs/formats.md).")
+@click.option("--subckt", is_flag=True, help="Write the block as a .subckt library (OUTPUT with suffix .lib) and "
+                                            "OUTPUT as a testbench that includes it.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Deck to write (.cir); with --subckt the testbench.")
 @click.option("--block", type=int, help="Model specs: which energy block (1-based).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model specs: take trained conductances from a checkpoint.")
-def netlist(spec, inputs_file, seed, reduced, output, block, checkpoint):
-    """Write a standalone SPICE deck of the block in SPEC (runs with `ngspice -b`)."""
-    check_output_file(output, "--output", inputs=(spec, inputs_file, checkpoint))
+def netlist(spec, inputs_file, seed, reduced, deck_format, subckt, output, block, checkpoint):
+    """Write a standalone SPICE deck of the block in SPEC (runs with `ngspice -b`), or with
+    --subckt a placeable subcircuit library and its testbench."""
+    inputs = (spec, inputs_file, checkpoint)
+    library = None
+    if subckt:
+        if reduced:
+            raise SpecError("--subckt and --reduced: a reduced deck bakes the inputs into the block, so it cannot be "
+                            "placed as a subcircuit; drop one of them")
+        library = Path(output).with_suffix(".lib")
+        if library == Path(output):
+            raise SpecError(f"--output: {output} is where the library goes with --subckt; give the testbench path, "
+                            f"e.g. {Path(output).with_suffix('.cir')}")
+        check_output_file(library, "--output (library)", inputs=inputs)
+    check_output_file(output, "--output", inputs=inputs)
     circuit = resolve_block(spec, block, checkpoint)
     check_solver_memory(circuit, 0, "spec", spec, backends=(), deck=True)
     if inputs_file and seed is not None:
@@ -74,8 +93,16 @@ def netlist(spec, inputs_file, seed, reduced, output, block, checkpoint):
         u = np.random.default_rng(seed).uniform(-1.0, 1.0, circuit.n_inputs)
     args = ["ffebm netlist", spec] + (["--inputs", inputs_file] if inputs_file else []) + \
         (["--seed", str(seed)] if seed is not None else []) + (["--reduced"] if reduced else []) + \
+        (["--format", deck_format] if deck_format != "ngspice" else []) + (["--subckt"] if subckt else []) + \
         (["--block", str(block)] if block else []) + (["--checkpoint", checkpoint] if checkpoint else []) + ["-o", output]
-    atomic_write_text(output, emit_deck(circuit, u, reduced=reduced, command=" ".join(args)))
+    command = " ".join(args)
+    if subckt:
+        lib_text, bench = emit_subckt(circuit, u, library_file=library.name, command=command, dialect=deck_format)
+        atomic_write_text(library, lib_text)
+        atomic_write_text(output, bench)
+        click.echo(f"wrote {library} (subcircuit {subckt_name(circuit)}) and {output} (its testbench)", err=True)
+        return
+    atomic_write_text(output, emit_deck(circuit, u, reduced=reduced, command=command, dialect=deck_format))
     click.echo(f"wrote {output}", err=True)
 
 
@@ -122,11 +149,39 @@ def solve(spec, backend, inputs_file, seed, reduced, as_json, block, checkpoint)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--block", type=int, help="Model specs: which energy block (1-based).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model specs: take trained conductances from a checkpoint.")
-def verify(spec, samples, nudge, seed, as_json, block, checkpoint):
-    """Solve random inputs with every backend and deck form; exit 0 iff they agree within 1e-9 V."""
-    from .verify import verify_block
+@click.option("--simulator", type=click.Choice(["ngspice", "gnucap"]), default="ngspice", show_default=True,
+              help="ngspice: every backend and deck form within 1e-9 V; gnucap: gnucap -b on the spice3/gnucap deck "
+                   "against ngspice and the reference (1e-5 V at 27 C, 1e-3 V elsewhere; docs/formats.md).")
+@click.option("--reduced", is_flag=True, help="With --simulator gnucap: the Norton-reduced decks (same voltages; "
+                                            "gnucap reads large physical decks slowly).")
+def verify(spec, samples, nudge, seed, as_json, block, checkpoint, simulator, reduced):
+    """Solve random inputs with every backend and deck form (or gnucap); exit 0 iff they agree."""
+    from .verify import verify_block, verify_gnucap
     circuit = resolve_block(spec, block, checkpoint)
     check_solver_memory(circuit, samples, "--samples", samples, backends=("reference", "ngspice"))
+    if reduced and simulator != "gnucap":
+        raise SpecError("--reduced: verify compares both deck forms with ngspice already; it selects the deck "
+                        "form only with --simulator gnucap")
+    if simulator == "gnucap":
+        from .gnucap import GnucapFailed
+        try:
+            report = verify_gnucap(circuit, samples=samples, nudge=nudge, seed=seed, reduced=reduced)
+        except GnucapFailed as e:
+            click.echo(f"ffebm: error: {e}", err=True)
+            raise _Exit(1) from None
+        if as_json:
+            click.echo(_json(report))
+        else:
+            dv = report["max_abs_dv_volts"]
+            click.echo(f"{report['block']}: {samples} samples ({report['phases'][0]}, {report['deck']} decks) at "
+                       f"{report['temperature_c']:g} C")
+            click.echo(f"max |dV| gnucap-ngspice {dv['gnucap_vs_ngspice']:.3e} V, gnucap-reference "
+                       f"{dv['gnucap_vs_reference']:.3e} V (tolerance {report['tolerance_volts']:.0e} V), "
+                       f"ngspice-reference {dv['ngspice_vs_reference']:.3e} V")
+            click.echo("AGREE" if report["ok"] else "DISAGREE")
+        if not report["ok"]:
+            raise _Exit(1)
+        return
     report = verify_block(circuit, samples=samples, nudge=nudge, seed=seed)
     if as_json:
         click.echo(_json(report))

@@ -170,3 +170,56 @@ def _conducting_fraction(circuit: BlockCircuit, volts: torch.Tensor, threshold_a
         on += int((i.abs() > threshold_a).sum())
         total += i.numel()
     return on / total if total else 0.0
+
+
+def verify_gnucap(circuit: BlockCircuit, samples: int = 5, nudge: bool = False, seed: int = 0,
+                  reduced: bool = False) -> dict:
+    """gnucap against ngspice and the reference on ``samples`` seeded random inputs.
+
+    Every sample is written as a ``gnucap``-format deck (the ``spice3`` deck; for
+    ``pwl`` layers with gnucap's own PWL element, :mod:`ffebm_sim.dialects`) and run
+    through ``gnucap -b`` (:func:`ffebm_sim.gnucap.run_gnucap`); ngspice solves the
+    same decks through its backend, the reference the circuit they describe.
+    ``reduced``: the Norton-reduced decks for gnucap and ngspice (the same node
+    voltages; gnucap's parser is quadratic in the element count, so a block with
+    thousands of input resistors takes minutes in its physical form).
+    The report's ``ok`` says whether gnucap agrees with both within
+    :func:`ffebm_sim.gnucap.agreement_tolerance_v` (its models differ from SPICE3's:
+    docs/formats.md) and ngspice with the reference within ``AGREEMENT_TOLERANCE_V``.
+    """
+    from .backends.ngspice import NgspiceBackend
+    from .circuit import free_node_names
+    from .gnucap import agreement_tolerance_v, run_gnucap
+    from .netlist import emit_deck
+    rng = np.random.default_rng(seed)
+    inputs = torch.from_numpy(rng.uniform(-1.0, 1.0, (samples, circuit.n_inputs)))
+    nudge_elems = random_nudge(circuit, samples, rng) if nudge else None
+    emitted = circuit.as_emitted()
+    reference = ReferenceBackend(ideal_as_clip=False).solve(emitted, inputs, nudge_elems).node_voltages_v
+    ngspice = NgspiceBackend(reduced=reduced).solve(emitted, inputs, nudge_elems).node_voltages_v
+    names = free_node_names(circuit)
+    got = []
+    for b in range(samples):
+        deck = emit_deck(circuit, inputs[b].numpy(), reduced=reduced, dialect="gnucap", **_nudge_cards(nudge_elems, b))
+        printed = run_gnucap(deck)
+        got.append([printed[f"v({n})"] for n in names])
+    gnucap = torch.tensor(got, dtype=torch.float64)
+    tolerance = agreement_tolerance_v(circuit.temperature_c)
+    dv = {"gnucap_vs_ngspice": float((gnucap - ngspice).abs().max()),
+          "gnucap_vs_reference": float((gnucap - reference).abs().max()),
+          "ngspice_vs_reference": float((ngspice - reference).abs().max())}
+    return {"block": circuit.name, "layers": list(circuit.layer_sizes), "samples": samples,
+            "phases": ["nudged" if nudge else "free"], "deck": "reduced" if reduced and not circuit.has_wires else "physical",
+            "temperature_c": circuit.temperature_c, "max_abs_dv_volts": dv, "tolerance_volts": tolerance,
+            "ngspice_tolerance_volts": AGREEMENT_TOLERANCE_V,
+            "ok": max(dv["gnucap_vs_ngspice"], dv["gnucap_vs_reference"]) <= tolerance
+            and dv["ngspice_vs_reference"] <= AGREEMENT_TOLERANCE_V}
+
+
+def _nudge_cards(nudge: Nudge | None, b: int) -> dict:
+    """emit_deck's nudge arguments for sample ``b`` of ``nudge``."""
+    if nudge is None:
+        return {}
+    if nudge.currents_a is not None:
+        return {"nudge_currents_a": nudge.currents_a[b].numpy()}
+    return {"nudge_conductance_s": float(nudge.conductance_s), "nudge_target_v": nudge.target_v[b].numpy()}
