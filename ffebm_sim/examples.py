@@ -4,7 +4,17 @@
 decks; ``tests/test_netlist.py`` fails when they are stale. Every block spec in
 ``circuits/`` (a TOML file with a top-level ``layers`` key) gets a physical and
 a reduced deck, and every energy block of a model spec a physical deck, all
-for the input vector drawn with ``--seed 0``.
+for the input vector drawn with ``--seed 0``, in the default ``ngspice`` format
+(``netlists/*.cir``). The other formats (:mod:`ffebm_sim.dialects`), for the
+block specs only, so the repository stays small (the model blocks' decks are
+up to 10 MB each in one format):
+
+* ``netlists/<format>/<block>.cir``: the physical deck in ``spice3``, ``xyce`` and
+  ``ltspice``, and in ``gnucap`` where it differs from ``spice3`` (blocks with ``pwl``
+  layers);
+* ``netlists/subckt/<format>/<block>.lib`` + ``.cir``: the subcircuit library and
+  its testbench (``--subckt``) in every format, for every block spec but
+  ``block_small`` (180 kB a copy; its standalone decks cover it).
 
 Golden decks are compared as gdsfactory compares its regression files: the
 structure exactly, the numbers within a tolerance (:func:`deck_differences`).
@@ -22,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .netlist import emit_deck
+from .dialects import FORMATS
+from .netlist import emit_deck, emit_subckt
 from .model import build_model
 from .spec import load_block, read_toml
 
@@ -30,6 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CIRCUITS = ROOT / "circuits"
 NETLISTS = ROOT / "netlists"
 REGENERATE = "make netlists"
+
+#: Formats with a golden standalone deck per block spec besides the default ngspice one.
+DECK_FORMATS = ("spice3", "gnucap", "xyce", "ltspice")
+#: Block specs without golden subcircuit exports (size; see the module docstring).
+NO_SUBCKT_GOLDEN = ("block_small",)
 
 #: Relative tolerance on every number of a golden deck: far below anything
 #: physical (ngspice's reltol is 1e-9) and far above CPU-dependent rounding (1e-16).
@@ -89,6 +105,23 @@ def golden_decks() -> dict[Path, str]:
             name = f"{spec.stem}{'_reduced' if reduced else ''}.cir"
             command = f"ffebm netlist circuits/{spec.name} --seed 0{' --reduced' if reduced else ''} -o netlists/{name}"
             decks[NETLISTS / name] = emit_deck(circuit, u, reduced=reduced, command=command)
+        for fmt in DECK_FORMATS:
+            if fmt == "gnucap" and not any(circuit.layer_nonlinearity(k) is not None and
+                                           circuit.layer_nonlinearity(k).kind == "pwl"
+                                           for k in range(1, circuit.depth + 1)):
+                continue                       # the same text as spice3 but for the format line
+            name = f"{fmt}/{spec.stem}.cir"
+            command = f"ffebm netlist circuits/{spec.name} --seed 0 --format {fmt} -o netlists/{name}"
+            decks[NETLISTS / name] = emit_deck(circuit, u, command=command, dialect=fmt)
+        if spec.stem in NO_SUBCKT_GOLDEN:
+            continue
+        for fmt in FORMATS:
+            bench = NETLISTS / "subckt" / fmt / f"{spec.stem}.cir"
+            flag = f" --format {fmt}" if fmt != "ngspice" else ""
+            command = f"ffebm netlist circuits/{spec.name} --seed 0{flag} --subckt -o netlists/subckt/{fmt}/{spec.stem}.cir"
+            library, testbench = emit_subckt(circuit, u, library_file=f"{spec.stem}.lib", command=command, dialect=fmt)
+            decks[bench.with_suffix(".lib")] = library
+            decks[bench] = testbench
     for spec in model_specs():
         for k, block in enumerate(build_model(spec).energy_blocks, start=1):
             circuit = block.circuit
@@ -100,8 +133,8 @@ def golden_decks() -> dict[Path, str]:
 
 
 def main() -> None:
-    NETLISTS.mkdir(exist_ok=True)
     for path, text in golden_decks().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(ROOT)}")
 

@@ -17,8 +17,11 @@ silently (use the ``gnucap`` format, whose PWL element is gnucap's own).
 
 Model differences from ngspice (measured, docs/formats.md; tests/test_gnucap.py):
 
-* thermal voltage ``k*T/q`` 28 ppm lower (gnucap's older physical constants),
-  so a forward junction drop is 28 ppm smaller;
+* thermal voltage ``k*T/q`` 28.25 ppm lower: gnucap's constants are
+  ``k = 1.3806226e-23 J/K``, ``q = 1.6021918e-19 C`` (CODATA 1973; the measured
+  forward drop of a junction matches their ratio to 1e-16), ngspice's CODATA 2014
+  (:mod:`ffebm_sim.devices`), so a forward junction drop is 28.25 ppm smaller;
+  :func:`gnucap_view` is the circuit with that one difference folded in;
 * reverse junction branch: the exponential ``IS*(exp(v/(N*Vt)) - 1)`` all the
   way, not SPICE3's cubic ``-IS*(1 + (3*N*Vt/(e*v))**3)`` below ``-3*N*Vt``;
 * ``IS(T)`` away from TNOM differs by a few 1e-4 relative (60 C).
@@ -34,7 +37,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .devices import NOMINAL_TEMPERATURE_C
+from dataclasses import replace
+
+from .devices import BOLTZMANN_J_PER_K, ELECTRON_CHARGE_C, NOMINAL_TEMPERATURE_C
 from .errors import SpecError
 
 #: The program, and how to get it.
@@ -53,6 +58,26 @@ _NUMBER = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)([A-Za-z]*)$"
 #: (IS(T) differs): the tolerances of issue 15, checked in tests/test_gnucap.py.
 TOLERANCE_AT_TNOM_V = 1e-5
 TOLERANCE_OFF_TNOM_V = 1e-3
+
+
+#: gnucap's k/q over ngspice's: its thermal voltage at any temperature, relative.
+GNUCAP_BOLTZMANN_J_PER_K, GNUCAP_ELECTRON_CHARGE_C = 1.3806226e-23, 1.6021918e-19
+THERMAL_VOLTAGE_RATIO = (GNUCAP_BOLTZMANN_J_PER_K / GNUCAP_ELECTRON_CHARGE_C) / (BOLTZMANN_J_PER_K / ELECTRON_CHARGE_C)
+
+
+def gnucap_view(circuit):
+    """``circuit`` with every junction's N scaled by :data:`THERMAL_VOLTAGE_RATIO`, so the
+    reference's ``N*Vt`` is gnucap's: the thermal-voltage difference folded in, exactly at
+    TNOM (away from it ``IS(T)``'s factor ``(T/Tnom)**(XTI/N)`` moves by ~1e-5 relative,
+    far below gnucap's own IS(T) difference). Diagnostic only: it tells how much of a
+    gnucap-ngspice difference the constants explain."""
+    def scaled(nl):
+        if nl is None or nl.kind == "pwl":
+            return nl
+        d = nl.emitted_diode
+        return replace(nl, diode=replace(d, emission_coefficient=d.emission_coefficient * THERMAL_VOLTAGE_RATIO))
+    emitted = circuit.as_emitted()
+    return replace(emitted, hidden=tuple(scaled(h) for h in emitted.hidden), output=scaled(emitted.output))
 
 
 class GnucapUnavailable(SpecError):
