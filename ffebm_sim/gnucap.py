@@ -114,6 +114,8 @@ def parse_op_print(stdout: str) -> dict[str, float]:
         raise GnucapFailed("gnucap printed no operating point (is there a .print op before the .op?)")
     names = lines[heads[-1]].lstrip("#").split()
     values = lines[heads[-1] + 1].split()
+    if not names:
+        raise GnucapFailed("gnucap printed no operating point: the deck has no .print op probes")
     if len(values) != len(names) + 1:
         raise GnucapFailed(f"gnucap printed {len(values)} values for {len(names)} probes and the temperature")
     out = {"temperature": parse_number(values[0])}

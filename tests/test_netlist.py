@@ -28,6 +28,23 @@ def test_every_example_spec_has_golden_decks():
         assert {f"{stem}.cir", f"{stem}_reduced.cir"} <= set(stems), stem
     for spec in model_specs():                          # every energy block
         assert f"{spec.stem}_block1.cir" in stems, spec.name
+    from ffebm_sim.dialects import FORMATS
+    from ffebm_sim.examples import DECK_FORMATS, NETLISTS, NO_SUBCKT_GOLDEN
+    paths = set(GOLDEN)
+    for stem in names:                                  # every format, every subcircuit export
+        for fmt in DECK_FORMATS:
+            if fmt != "gnucap" or stem == "block_pwl":
+                assert NETLISTS / fmt / f"{stem}.cir" in paths, (fmt, stem)
+        for fmt in FORMATS:
+            if stem not in NO_SUBCKT_GOLDEN:
+                assert {NETLISTS / "subckt" / fmt / f"{stem}.lib", NETLISTS / "subckt" / fmt / f"{stem}.cir"} <= paths
+
+
+def test_every_file_under_netlists_is_a_golden_deck():
+    """No stale deck stays behind when an example or a format goes away."""
+    from ffebm_sim.examples import NETLISTS
+    on_disk = {p for p in NETLISTS.rglob("*") if p.is_file()}
+    assert on_disk == set(GOLDEN), sorted(p.relative_to(NETLISTS) for p in on_disk ^ set(GOLDEN))[:5]
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN), ids=lambda p: p.name)
