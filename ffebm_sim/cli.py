@@ -178,6 +178,8 @@ def verify(spec, samples, nudge, seed, as_json, block, checkpoint, simulator, re
             click.echo(f"max |dV| gnucap-ngspice {dv['gnucap_vs_ngspice']:.3e} V, gnucap-reference "
                        f"{dv['gnucap_vs_reference']:.3e} V (tolerance {report['tolerance_volts']:.0e} V), "
                        f"ngspice-reference {dv['ngspice_vs_reference']:.3e} V")
+            for f in report["failures"]:
+                click.echo(f"failure: {f}")
             click.echo("AGREE" if report["ok"] else "DISAGREE")
         if not report["ok"]:
             raise _Exit(1)

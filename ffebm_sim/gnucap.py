@@ -11,7 +11,10 @@ directory is removed whatever happens.
 Failures are one line: :class:`GnucapUnavailable` when the program is missing
 (``make setup`` installs it), :class:`GnucapFailed` when gnucap exits
 non-zero, times out, prints a parse diagnostic (``^ ? ...``; gnucap carries on
-after one, so it is an error here), or prints no operating point. A deck with a
+after one, so it is an error here), reports ``did not converge`` (it then
+prints its last iterate anyway; seen on a nudged ``block_deep`` sample, whose
+amplified junctions gnucap's Newton iteration does not settle while ngspice's
+does) or prints no operating point. A deck with a
 ``B`` element is refused before it runs: gnucap has no B source and drops one
 silently (use the ``gnucap`` format, whose PWL element is gnucap's own).
 
@@ -154,6 +157,9 @@ def run_gnucap(deck: str, files: dict[str, str] | None = None, timeout_s: float 
         raise GnucapFailed(f"gnucap exited with status {run.returncode}: {last}")
     lines = run.stdout.splitlines()
     for k, line in enumerate(lines):
+        if line.strip() == "did not converge":
+            raise GnucapFailed("gnucap: did not converge (it prints its last Newton iterate, which is not an "
+                               "operating point)")
         if "^ ?" in line:
             bad = lines[k - 1].strip() if k else ""
             raise GnucapFailed(f"gnucap could not read a line of the deck ({line.split('?', 1)[1].strip()}): {bad}")

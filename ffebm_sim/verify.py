@@ -189,7 +189,7 @@ def verify_gnucap(circuit: BlockCircuit, samples: int = 5, nudge: bool = False, 
     """
     from .backends.ngspice import NgspiceBackend
     from .circuit import free_node_names
-    from .gnucap import agreement_tolerance_v, run_gnucap
+    from .gnucap import GnucapFailed, agreement_tolerance_v, run_gnucap
     from .netlist import emit_deck
     rng = np.random.default_rng(seed)
     inputs = torch.from_numpy(rng.uniform(-1.0, 1.0, (samples, circuit.n_inputs)))
@@ -198,22 +198,44 @@ def verify_gnucap(circuit: BlockCircuit, samples: int = 5, nudge: bool = False, 
     reference = ReferenceBackend(ideal_as_clip=False).solve(emitted, inputs, nudge_elems).node_voltages_v
     ngspice = NgspiceBackend(reduced=reduced).solve(emitted, inputs, nudge_elems).node_voltages_v
     names = free_node_names(circuit)
-    got = []
+    _check_gnucap_size(emit_deck(circuit, inputs[0].numpy(), reduced=reduced, control=False), reduced)
+    got, failures = [], []
     for b in range(samples):
         deck = emit_deck(circuit, inputs[b].numpy(), reduced=reduced, dialect="gnucap", **_nudge_cards(nudge_elems, b))
-        printed = run_gnucap(deck)
-        got.append([printed[f"v({n})"] for n in names])
+        try:
+            printed = run_gnucap(deck)
+            got.append([printed[f"v({n})"] for n in names])
+        except GnucapFailed as e:          # one sample; the others are still compared
+            failures.append(f"sample {b}: {e}")
+            got.append([float("nan")] * len(names))
     gnucap = torch.tensor(got, dtype=torch.float64)
+    ran = ~torch.isnan(gnucap[:, 0])
     tolerance = agreement_tolerance_v(circuit.temperature_c)
-    dv = {"gnucap_vs_ngspice": float((gnucap - ngspice).abs().max()),
-          "gnucap_vs_reference": float((gnucap - reference).abs().max()),
+
+    def worst(a, b):
+        return float((a[ran] - b[ran]).abs().max()) if ran.any() else float("nan")
+    dv = {"gnucap_vs_ngspice": worst(gnucap, ngspice), "gnucap_vs_reference": worst(gnucap, reference),
           "ngspice_vs_reference": float((ngspice - reference).abs().max())}
     return {"block": circuit.name, "layers": list(circuit.layer_sizes), "samples": samples,
             "phases": ["nudged" if nudge else "free"], "deck": "reduced" if reduced and not circuit.has_wires else "physical",
             "temperature_c": circuit.temperature_c, "max_abs_dv_volts": dv, "tolerance_volts": tolerance,
-            "ngspice_tolerance_volts": AGREEMENT_TOLERANCE_V,
-            "ok": max(dv["gnucap_vs_ngspice"], dv["gnucap_vs_reference"]) <= tolerance
+            "ngspice_tolerance_volts": AGREEMENT_TOLERANCE_V, "failures": failures,
+            "ok": not failures and max(dv["gnucap_vs_ngspice"], dv["gnucap_vs_reference"]) <= tolerance
             and dv["ngspice_vs_reference"] <= AGREEMENT_TOLERANCE_V}
+
+
+#: Element cards above which gnucap takes minutes to read a deck: its parser is quadratic in the
+#: element count (measured: 9060 elements 0.9 s, 230400 did not finish in 600 s).
+GNUCAP_MAX_ELEMENTS = 50_000
+
+
+def _check_gnucap_size(deck: str, reduced: bool) -> None:
+    n = sum(1 for line in deck.splitlines() if line[:1].isalpha())
+    if n > GNUCAP_MAX_ELEMENTS:
+        from .errors import SpecError
+        hint = "pass --reduced (the same node voltages)" if not reduced else "verify a smaller block"
+        raise SpecError(f"--simulator gnucap: the deck has {n} elements; gnucap reads it in about "
+                        f"{(n / 9060) ** 2:.0f} s per sample (quadratic in the element count); {hint}")
 
 
 def _nudge_cards(nudge: Nudge | None, b: int) -> dict:

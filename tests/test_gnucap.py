@@ -197,3 +197,19 @@ def test_runner_errors_are_one_line_and_leave_no_files(tmp_path, monkeypatch):
     monkeypatch.setattr("ffebm_sim.gnucap.shutil.which", lambda name: None)
     with pytest.raises(GnucapUnavailable, match="apt-get install gnucap"):
         run_gnucap(good)
+
+
+def test_gnucap_non_convergence_is_a_failure_not_a_value():
+    """gnucap prints its last Newton iterate after 'did not converge'; the runner refuses it and
+    verify reports the sample (here a nudged block_deep sample, amplified junctions)."""
+    from ffebm_sim.verify import _nudge_cards, random_nudge, verify_gnucap
+    circuit = load_block("circuits/block_deep.toml")
+    rng = np.random.default_rng(0)                     # the draws of verify --seed 0 --nudge
+    u = rng.uniform(-1.0, 1.0, (5, circuit.n_inputs))
+    nudge = random_nudge(circuit, 5, rng)
+    with pytest.raises(GnucapFailed, match="did not converge"):
+        run_gnucap(emit_deck(circuit, u[1], dialect="gnucap", **_nudge_cards(nudge, 1)))
+    report = verify_gnucap(circuit, samples=5, nudge=True, seed=0)
+    assert not report["ok"] and len(report["failures"]) == 1
+    assert report["failures"][0].startswith("sample 1: gnucap: did not converge")
+    assert math.isfinite(report["max_abs_dv_volts"]["gnucap_vs_ngspice"])     # the other samples still compared
