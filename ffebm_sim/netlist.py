@@ -17,6 +17,12 @@ device parameters. With ``control=True`` a ``.control`` block runs ``op`` and
 ``print all`` so ``ngspice -b deck.cir`` prints every node voltage and source
 current (17 digits) and exits 0; backends load the deck without it and drive the analysis themselves.
 
+Formats (``dialect=``, :mod:`ffebm_sim.dialects`): the body is written here once
+for every format; the options, temperature, analysis/print and PWL-element cards
+come from the dialect (``ngspice``, the default, is the deck above byte for byte).
+:func:`emit_subckt` writes the same body as a placeable ``.subckt`` library and a
+testbench that drives its ports (:class:`_Cards` splits network from supplies).
+
 Non-idealities (issue 6), written only when the circuit has them, so decks of
 ideal circuits are unchanged:
 
