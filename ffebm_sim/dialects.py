@@ -57,7 +57,12 @@ ends (:func:`extended_table`): the same law for every node voltage within
 ``[x_0 - 1 kV, x_n + 1 kV]``, far beyond any voltage these blocks reach.
 
 Neither Xyce nor LTspice is installed here: their forms are checked against the
-manuals and by syntax tests only (tests/test_formats.py).
+manuals and by syntax tests only (tests/test_formats.py). Read for Xyce: the
+Reference Guide sources ``B_Device.tex`` (``I={...}``, ``Table``),
+``Expression_Arithmetic_Functions.tex`` (``TABLE``, ``URAMP``), ``OP_Command.tex``,
+``PRINT_Command.tex`` and ``Print_Types.tex`` (``.PRINT DC ... PRECISION=``); the
+``.OPTIONS DEVICE``/``NONLIN`` option names follow the guide's option tables, whose
+text was not at hand here: check them against your Xyce version.
 """
 
 from __future__ import annotations
