@@ -10,7 +10,7 @@ import torch
 
 from ffebm_sim.backends import ReferenceBackend
 from ffebm_sim.circuit import free_node_names
-from ffebm_sim.examples import REGENERATE, block_specs, deck_differences, golden_decks
+from ffebm_sim.examples import NETLISTS, REGENERATE, block_specs, deck_differences, golden_decks
 from ffebm_sim.netlist import emit_deck
 from ffebm_sim.spec import load_block
 
@@ -29,7 +29,7 @@ def test_every_example_spec_has_golden_decks():
     for spec in model_specs():                          # every energy block
         assert f"{spec.stem}_block1.cir" in stems, spec.name
     from ffebm_sim.dialects import FORMATS
-    from ffebm_sim.examples import DECK_FORMATS, NETLISTS, NO_SUBCKT_GOLDEN
+    from ffebm_sim.examples import DECK_FORMATS, NO_SUBCKT_GOLDEN
     paths = set(GOLDEN)
     for stem in names:                                  # every format, every subcircuit export
         for fmt in DECK_FORMATS:
@@ -42,12 +42,11 @@ def test_every_example_spec_has_golden_decks():
 
 def test_every_file_under_netlists_is_a_golden_deck():
     """No stale deck stays behind when an example or a format goes away."""
-    from ffebm_sim.examples import NETLISTS
     on_disk = {p for p in NETLISTS.rglob("*") if p.is_file()}
     assert on_disk == set(GOLDEN), sorted(p.relative_to(NETLISTS) for p in on_disk ^ set(GOLDEN))[:5]
 
 
-@pytest.mark.parametrize("path", sorted(GOLDEN), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(GOLDEN), ids=lambda p: str(p.relative_to(NETLISTS)))
 def test_golden_deck_is_current(path):
     """Structure exactly, numbers within 1e-12 relative: the last bits of computed values
     (Norton currents, mismatch factors) depend on the CPU's SIMD kernels."""
