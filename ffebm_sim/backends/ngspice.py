@@ -13,8 +13,13 @@ The deck text from :mod:`ffebm_sim.netlist` is the contract. The pieces:
   runs them on its engine with every retry, and assembles the
   :class:`~.base.Equilibrium`.
 
-``method="auto"`` takes the DC sweep for chunks of at least
-:data:`~.jobs.SWEEP_MIN_SAMPLES` samples and ``op`` for smaller ones.
+``method="auto"`` takes the resident transient (``tran``) for chunks of at least
+:data:`~.jobs.TRAN_MIN_SAMPLES` samples and ``op`` for one sample: measured
+fastest on every block size from ``[16, 10]`` to the ``[784, 100, 10]`` DRN
+(``ffebm bench solvers``, table "methods"). Chunks stay :data:`~.jobs.DEFAULT_CHUNK`
+samples on every block: longer chunks cost less per sample on one worker, but
+EP's free phase at batch 32 would then be one job, and the chunking must not
+depend on the number of workers.
 
 **Non-convergence.** A sample that fails ngspice's ``op`` and the homotopies of
 :data:`~.jobs.HOMOTOPIES` (retried where the job runs) gets one last try from
@@ -42,7 +47,7 @@ from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_bran
 from .dask_engine import DaskEngine, check_scheduler_address
 from .deckedit import with_nodeset
 from .engines import Engine, LocalEngine
-from .jobs import DEFAULT_CHUNK, METHODS, SWEEP_MIN_SAMPLES, WARM_START, DeckJob, JobResult
+from .jobs import DEFAULT_CHUNK, METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult
 from .pool import PoolEngine
 from .reference import ReferenceBackend
 from .session import digest
@@ -55,8 +60,8 @@ class NgspiceBackend(Backend):
         reduced: use the Norton-reduced deck (source currents are then computed
             from the node voltages and ``G_1``, exactly as the reference does).
             Ignored for circuits with wire resistance: their physical crossbar deck is solved.
-        method: ``auto`` (DC sweep for chunks of >= 4 samples, else alter+op),
-            ``op`` or ``sweep`` (see :mod:`.jobs`).
+        method: ``auto`` (resident transient for chunks of >= 2 samples, else alter+op),
+            ``op``, ``sweep`` or ``tran`` (see :mod:`.jobs`).
         workers: number of local worker processes (1: solve in this process).
         scheduler: address of a Dask distributed scheduler (``tcp://host:port``),
             or a ``distributed.Client``; jobs then run on its workers.
@@ -86,6 +91,7 @@ class NgspiceBackend(Backend):
         self._convergence: Counter = Counter()
         self._engine = None
         self._decks: list[tuple[BlockCircuit, float, str, str]] = []
+        self._norton: tuple[BlockCircuit | None, dict[bytes, np.ndarray]] = (None, {})
 
     # engines are created on first use and kept (a pool keeps its workers and their circuits)
     @property
@@ -118,7 +124,7 @@ class NgspiceBackend(Backend):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_engine"], state["_decks"] = None, []
+        state["_engine"], state["_decks"], state["_norton"] = None, [], (None, {})
         return state
 
     def deck_for(self, circuit: BlockCircuit, nudge: Nudge | None) -> str:
@@ -152,7 +158,7 @@ class NgspiceBackend(Backend):
         reduced = self._reduced(circuit)
         if reduced:
             names += [norton_source_name(j) for j in range(circuit.layer_sizes[1])]
-            columns.append(norton_currents_a(g1, v_src))
+            columns.append(self._norton_currents(circuit, g1, v_src))
         else:
             names += source_names(n0)
             columns.append(v_src)
@@ -172,9 +178,27 @@ class NgspiceBackend(Backend):
             part = values[start:start + self.chunk]
             method = self.method
             if method == "auto":
-                method = "sweep" if part.shape[0] >= SWEEP_MIN_SAMPLES else "op"
+                method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
         return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
+
+    def _norton_currents(self, circuit: BlockCircuit, g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
+        """:func:`~ffebm_sim.netlist.norton_currents_a` of each row of ``v_src``, remembered per row
+        for the last circuit: EP's nudged request repeats the free phase's inputs twice, and each
+        row's currents depend only on the row (a fixed summation order), so a remembered row is
+        the same bits as a computed one."""
+        last, rows = self._norton
+        if last is not circuit:
+            rows = {}
+            self._norton = (circuit, rows)
+        keys = [row.tobytes() for row in v_src]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in rows}.values())
+        if todo:
+            for i, currents in zip(todo, norton_currents_a(g1, v_src[todo])):
+                rows[keys[i]] = currents
+        if len(rows) > 4096:                       # a batch's worth is what is reused
+            self._norton = (circuit, {k: rows[k] for k in keys})
+        return np.stack([rows[k] for k in keys]) if keys else np.empty((0, g1.shape[1]))
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
               start: torch.Tensor | None = None) -> Equilibrium:
