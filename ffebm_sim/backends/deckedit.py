@@ -53,14 +53,21 @@ def resident_deck(deck: str, deck_digest: str, sources: tuple[str, ...]) -> tupl
     return _TEMPLATES[key]
 
 
-def pwl_command(name: str, column) -> str:
+def pwl_command(name: str, column: list[float]) -> str:
     """``alter @name[pwl] = [ 0 x_0 1 x_1 ... ]``: sample ``k`` of ``column`` at ``t = k``
     (one corner ``[ 0 x_0 ]`` when the column is constant: the PWL's value at every time).
     Values as ``repr``, so ngspice gets the float64 exactly."""
-    values = list(column)
-    if all(v == values[0] for v in values):
-        values = values[:1]
-    return f"alter @{name}[pwl] = [ " + " ".join(f"{k} {float(v)!r}" for k, v in enumerate(values)) + " ]"
+    if column.count(column[0]) == len(column):
+        column = column[:1]
+    parts = [""] * (2 * len(column))
+    parts[0::2] = _corner_times(len(column))
+    parts[1::2] = map(repr, map(float, column))
+    return f"alter @{name}[pwl] = [ " + " ".join(parts) + " ]"
+
+
+@functools.lru_cache(maxsize=64)
+def _corner_times(n: int) -> list[str]:
+    return [str(k) for k in range(n)]
 
 
 def pwl_max_points(name_chars: int = 12) -> int:

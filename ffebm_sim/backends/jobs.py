@@ -239,7 +239,9 @@ def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
         part = job.values[start:stop]
         try:
             for name, column in zip(job.sources, part.T.tolist()):
-                s.set_pwl(name, pwl_command(name, column), tuple(column))
+                key = tuple(column)
+                if s.pwl.get(name) != key:            # the loaded circuit holds other values
+                    s.set_pwl(name, pwl_command(name, column), key)
         except (ValueError, NgspiceDeckError):     # too long for one command, or refused: solve with op
             s.unload()
             return None

@@ -199,13 +199,14 @@ class NgspiceSession:
             self.values[element] = value
 
     def set_pwl(self, element: str, command: str, key: tuple[float, ...]) -> None:
-        """Send ``command`` (an ``alter @element[pwl] = [...]``) unless the loaded circuit's
-        ``element`` already holds the values ``key``."""
-        if self.pwl.get(element) != key:
-            printed = self.command(command)
-            if "rror" in printed:
-                raise NgspiceDeckError(f"ngspice refused {command[:60]}...: " + " ".join(printed.split())[:200])
-            self.pwl[element] = key
+        """Send ``command`` (an ``alter @element[pwl] = [...]``) and remember that the loaded
+        circuit's ``element`` holds the values ``key`` (:attr:`pwl`, so callers skip repeats);
+        :class:`NgspiceDeckError` when ngspice refuses it."""
+        self.pwl.pop(element, None)
+        printed = self.command(command)
+        if "rror" in printed:
+            raise NgspiceDeckError(f"ngspice refused {command[:60]}...: " + " ".join(printed.split())[:200])
+        self.pwl[element] = key
 
     def set_options(self, command: str) -> None:
         """An ngspice ``option ...`` command on the loaded circuit (it stays until the circuit is reloaded)."""
