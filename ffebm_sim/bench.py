@@ -288,6 +288,38 @@ def _wide_block(n_in: int, hidden: int, n_out: int, seed: int):
                             "conductances": {"low": 0.0, "high": 1e-4 * 64 / n_in, "seed": seed}})
 
 
+class Laps:
+    """Best (smallest) milliseconds of named steps over repeated runs: ``start()``, then
+    ``lap(name)`` after each step (``lap()`` restarts the clock without recording)."""
+
+    def __init__(self):
+        self.best: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def keep(self, name: str, seconds: float) -> None:
+        self.best[name] = min(self.best.get(name, float("inf")), 1e3 * seconds)
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, name: str | None = None) -> None:
+        now = time.perf_counter()
+        if name:
+            self.keep(name, now - self._t)
+        self._t = now
+
+    def analysis(self, session, run, name: str):
+        """``run()`` (an analysis command on ``session``) timed as ``name``, and ngspice's own
+        analysis time for it (``rusage``) as ``analysis_ms``; returns what ``run`` returns."""
+        a0 = session.analysis_seconds()
+        self.lap()
+        failure = run()
+        self.lap(name)
+        self.keep("analysis_ms", session.analysis_seconds() - a0)
+        self.lap()
+        return failure
+
+
 def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
     """Milliseconds one sweep job of ``n`` samples spends in each step (one process, reduced
     deck, best of ``repeat``): formatting the sweep deck (Python), ngspice parsing it (and
@@ -302,38 +334,24 @@ def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
     u, _ = _work(circuit, 1, batch=n, seed=5)[0]
     job = NgspiceBackend(reduced=True, chunk=n).jobs(circuit, u, None)[0][0]
     fixed_only = sweep_template(job.deck, job.deck_digest, job.sources).fixed + "\n.end\n"
-    best: dict = {}
-
-    def keep(name, seconds):
-        best[name] = min(best.get(name, float("inf")), 1e3 * seconds)
+    laps = Laps()
     with s.lock:
         for _ in range(repeat):
-            t0 = time.perf_counter()
+            laps.start()
             deck = sweep_deck(job.deck, job.sources, job.values, job.deck_digest)
-            t1 = time.perf_counter()
+            laps.lap("format_ms")
             s.load(deck)
-            t2 = time.perf_counter()
-            a0 = s.analysis_seconds()
-            t3 = time.perf_counter()
-            failure = sweep_samples(s, n)
-            t4 = time.perf_counter()
-            a1 = s.analysis_seconds()
-            t5 = time.perf_counter()
+            laps.lap("parse_ms")
+            failure = laps.analysis(s, lambda: sweep_samples(s, n), "dc_command_ms")
             s.read_arrays(list(job.vectors), n)
             s.unload()
-            t6 = time.perf_counter()
+            laps.lap("read_unload_ms")
             if failure:
                 raise RuntimeError(f"benchmark: sweep failed: {failure}")
-            keep("format_ms", t1 - t0)
-            keep("parse_ms", t2 - t1)
-            keep("dc_command_ms", t4 - t3)
-            keep("analysis_ms", a1 - a0)
-            keep("read_unload_ms", t6 - t5)
-            t7 = time.perf_counter()
             s.load(fixed_only)
-            keep("parse_fixed_part_ms", time.perf_counter() - t7)
+            laps.lap("parse_fixed_part_ms")
             s.unload()
-    return {"samples": n, **best}
+    return {"samples": n, **laps.best}
 
 
 #: (method, samples per job) compared per block; (auto, DEFAULT_CHUNK) is what the backend runs.
@@ -385,37 +403,25 @@ def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
     s = session()
     works = [_work(circuit, 1, batch=n, seed=5 + k)[0][0] for k in range(2)]
     jobs = [NgspiceBackend(reduced=True, chunk=n).jobs(circuit, u, None)[0][0] for u in works]
-    best: dict = {}
-
-    def keep(name, seconds):
-        best[name] = min(best.get(name, float("inf")), 1e3 * seconds)
+    laps = Laps()
     with s.lock:
         deck, dg = resident_deck(jobs[0].deck, jobs[0].deck_digest, jobs[0].sources)
         s.load(deck, dg)
         for r in range(repeat):
             job = jobs[r % 2]                   # alternate, so every source's values change
-            t0 = time.perf_counter()
+            laps.start()
             for name, column in zip(job.sources, job.values.T.tolist()):
                 if s.pwl.get(name) != tuple(column):
                     s.set_pwl(name, pwl_command(name, column), tuple(column))
-            t1 = time.perf_counter()
-            a0 = s.analysis_seconds()
-            t2 = time.perf_counter()
-            failure = tran_samples(s, n)
-            t3 = time.perf_counter()
-            a1 = s.analysis_seconds()
-            t4 = time.perf_counter()
+            laps.lap("alter_ms")
+            failure = laps.analysis(s, lambda: tran_samples(s, n), "tran_command_ms")
             s.read_arrays(["time"] + list(job.vectors), s.vector_length("time"))
             s.destroy_plots()
-            t5 = time.perf_counter()
+            laps.lap("read_destroy_ms")
             if failure:
                 raise RuntimeError(f"benchmark: tran failed: {failure}")
-            keep("alter_ms", t1 - t0)
-            keep("tran_command_ms", t3 - t2)
-            keep("analysis_ms", a1 - a0)
-            keep("read_destroy_ms", t5 - t4)
         s.unload()
-    return {"samples": n, **best}
+    return {"samples": n, **laps.best}
 
 
 # ---- the whole run ----------------------------------------------------------------------------
