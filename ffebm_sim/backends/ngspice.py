@@ -47,7 +47,8 @@ from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_bran
 from .dask_engine import DaskEngine, check_scheduler_address
 from .deckedit import with_nodeset
 from .engines import Engine, LocalEngine
-from .jobs import DEFAULT_CHUNK, METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult
+from .jobs import (DEFAULT_CHUNK, METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult,
+                   cache_friendly_order, input_key)
 from .pool import PoolEngine
 from .reference import ReferenceBackend
 from .session import digest
@@ -92,6 +93,7 @@ class NgspiceBackend(Backend):
         self._engine = None
         self._decks: list[tuple[BlockCircuit, float, str, str]] = []
         self._norton: tuple[BlockCircuit | None, dict[bytes, np.ndarray]] = (None, {})
+        self._last_inputs: bytes | None = None       # input columns of the last job run (cache_friendly_order)
 
     # engines are created on first use and kept (a pool keeps its workers and their circuits)
     @property
@@ -162,6 +164,7 @@ class NgspiceBackend(Backend):
         else:
             names += source_names(n0)
             columns.append(v_src)
+        inputs = len(names)
         names += [nudge_source_name(j) for j in range(circuit.n_outputs)]
         if nudge is not None and nudge.currents_a is not None:
             columns.append(nudge.currents_a.detach().to(torch.float64).numpy())
@@ -179,7 +182,7 @@ class NgspiceBackend(Backend):
             method = self.method
             if method == "auto":
                 method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
-            jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
+            jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure, inputs))
         return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
 
     def _norton_currents(self, circuit: BlockCircuit, g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
@@ -223,11 +226,25 @@ class NgspiceBackend(Backend):
         from the reference solver's answer here; counts what rescued each sample. The jobs'
         vectors may be any (e.g. every source's branch current); the warm start only needs
         the free nodes to be the deck's."""
-        results = self.engine.run(jobs) if jobs else []
+        results = self._run_in_cache_order(jobs)
         results = self._warm_start_failed(circuit, u, nudge, jobs, results, free_node_names(circuit))
         for r in results:
             self._convergence.update(how for how in r.rescued if how)
             self._convergence["failed"] += sum(1 for m in r.messages if m)
+        return results
+
+    def _run_in_cache_order(self, jobs: list[DeckJob]) -> list[JobResult]:
+        """The engine's results of ``jobs`` in job order, the jobs run in
+        :func:`~.jobs.cache_friendly_order` (EP's phases repeat a chunk's inputs: a resident
+        circuit that just solved them keeps their PWLs). The answers do not depend on the order."""
+        if not jobs:
+            return []
+        order = cache_friendly_order(jobs, self._last_inputs)
+        ran = self.engine.run([jobs[k] for k in order])
+        self._last_inputs = input_key(jobs[order[-1]])
+        results: list = [None] * len(jobs)
+        for k, r in zip(order, ran):
+            results[k] = r
         return results
 
     def _warm_start_failed(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None,
