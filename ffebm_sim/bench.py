@@ -354,15 +354,19 @@ def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
     return {"samples": n, **laps.best}
 
 
-#: (method, samples per job) compared per block; (auto, DEFAULT_CHUNK) is what the backend runs.
-VARIANTS = (("op", 16), ("sweep", 16), ("tran", 16), ("tran", 32))
+#: (method, samples per job) compared per block; ("auto", None) is what the backend runs by default
+#: (the method ``auto`` picks, jobs of :func:`~ffebm_sim.backends.jobs.chunk_size`).
+VARIANTS = (("op", 16), ("sweep", 16), ("tran", 16), ("tran", 32), ("auto", None))
+
+
+def _variant(method: str, chunk: int | None) -> str:
+    return f"{method}/{chunk or 'default'}"
 
 
 def method_table(blocks: dict, batches: int, rounds: int = 3) -> list[dict]:
     """Per block: seconds per EP sample with each method and job size of :data:`VARIANTS` (one
     worker, reduced deck; interleaved rounds, median), ngspice's own analysis time for each
     (one pass with ``measure``), the torch reference at batch 128, and what ``auto`` picks."""
-    from .backends.jobs import DEFAULT_CHUNK
     from .backends.ngspice import NgspiceBackend
     from .backends.reference import ReferenceBackend
     rows = []
@@ -374,15 +378,15 @@ def method_table(blocks: dict, batches: int, rounds: int = 3) -> list[dict]:
         for method, chunk in VARIANTS:
             b = NgspiceBackend(reduced=True, method=method, chunk=chunk)
             _ep(b, c, *work[0])
-            runs[f"{method}/{chunk}"] = (lambda b=b: time_ep(b, c, work))
+            runs[_variant(method, chunk)] = (lambda b=b: time_ep(b, c, work))
             m = NgspiceBackend(reduced=True, method=method, chunk=chunk, measure=True)
             _ep(m, c, *work[0])
             m.analysis_s = 0.0
             time_ep(m, c, work)
-            row[f"{method}/{chunk}_analysis_ep_s"] = m.analysis_s / samples
+            row[f"{_variant(method, chunk)}_analysis_ep_s"] = m.analysis_s / samples
         for key, seconds in interleaved(runs, rounds).items():
             row[f"{key}_ep_s"] = seconds / samples
-        row["auto"] = NgspiceBackend(reduced=True).jobs(c, work[0][0][:DEFAULT_CHUNK], None)[0][0].method
+        row["auto"] = NgspiceBackend(reduced=True).jobs(c, work[0][0], None)[0][0].method
         row["fastest"] = min(runs, key=lambda k: row[f"{k}_ep_s"])
         ref = ReferenceBackend()
         row["reference_ep_s"] = time_ep(ref, c, _work(c, 1, batch=128, seed=2), repeat=2)
@@ -449,7 +453,7 @@ def drn_block():
 
 
 def _run_solvers(quick: bool, log) -> dict:
-    from .backends.jobs import DEFAULT_CHUNK
+    from .backends.jobs import DEFAULT_CHUNK, LARGE_CHUNK
     from .model import build_model
     from .spec import load_block
     # One torch thread, as `ffebm` itself runs: idle OpenMP threads of the parent spin and
@@ -457,7 +461,8 @@ def _run_solvers(quick: bool, log) -> dict:
     torch.set_num_threads(1)
     small, drn = load_block(SMALL), drn_block()
     out: dict = {"machine": machine(), "quick": quick, "block": small.name, "layers": list(small.layer_sizes),
-                 "batch": BATCH, "chunk": DEFAULT_CHUNK, "deck": "reduced", "method": "auto"}
+                 "batch": BATCH, "chunk": f"{DEFAULT_CHUNK} or {LARGE_CHUNK} (`jobs.chunk_size`)", "deck": "reduced",
+                 "method": "auto"}
     r: dict = {}
     log("naive PySpice loop")
     r["naive_pyspice_ep_s"], out["naive_max_abs_dv_volts"] = naive_ep_s(small, 3 if quick else 8)
@@ -578,16 +583,19 @@ def markdown(report: dict) -> str:
               "A digits epoch: forward + EP backward + Adam step over the 1437 training samples of "
               "sklearn digits in batches of 32 (`ffebm_sim.model.build_model`).", "",
               "## Methods and job sizes per block size (one worker, reduced deck, s per EP sample)", "",
-              "Method/samples per job; in parentheses ngspice's own analysis time. Interleaved rounds, median; "
-              "load average (1 min) before and after each block.", "",
-              "| block | layers | " + " | ".join(f"{m}/{n}" for m, n in VARIANTS) +
+              "Method/samples per job (`auto/default`: what the backend runs, the method `auto` picks in jobs "
+              "of `jobs.chunk_size`: 16 for the free phase's 32 samples, 32 for the nudged request's 64); in "
+              "parentheses ngspice's own analysis time. Interleaved rounds, median; load average (1 min) before "
+              "and after each block.", "",
+              "| block | layers | " + " | ".join(_variant(m, n) for m, n in VARIANTS) +
               " | reference (batch 128) | fastest | auto picks | load |",
               "|---|---|" + "---|" * (len(VARIANTS) + 4)]
     for row in report["methods"]:
-        cells = [f"{f(row.get(f'{m}/{n}_ep_s'))} ({f(row.get(f'{m}/{n}_analysis_ep_s'))})" for m, n in VARIANTS]
+        cells = [f"{f(row.get(_variant(m, n) + '_ep_s'))} ({f(row.get(_variant(m, n) + '_analysis_ep_s'))})"
+                 for m, n in VARIANTS]
         load = "-".join(f"{x:.1f}" for x in row.get("loadavg_1min", []))
         lines.append(f"| {row['block']} | {row['layers']} | " + " | ".join(cells) +
-                     f" | {f(row['reference_ep_s'])} | {row.get('fastest', '')} | {row['auto']} /16 | {load} |")
+                     f" | {f(row['reference_ep_s'])} | {row.get('fastest', '')} | {row['auto']} | {load} |")
     lines += ["", f"Reproduce: `{report.get('command', 'ffebm bench solvers')}`.", ""]
     return "\n".join(lines)
 

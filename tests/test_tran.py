@@ -161,3 +161,11 @@ def test_jobs_sharing_their_inputs_run_one_after_another():
         assert np.array_equal(a.values, b.values)
     # the last job run held chunk 1's inputs: chunk 1's two jobs need only the nudge PWLs, chunk 0's both
     assert alters < 4 * len(jobs[0].sources)
+
+
+def test_jobs_are_32_samples_when_a_request_still_makes_two_of_them():
+    c = make_block((4, 3, 2), kind="double", seed=1)
+    be = NgspiceBackend(reduced=True)
+    for n, sizes in ((32, [16, 16]), (63, [16, 16, 16, 15]), (64, [32, 32]), (100, [32, 32, 32, 4])):
+        assert [j.values.shape[0] for j in be.jobs(c, random_inputs(c, n, seed=0), None)[0]] == sizes
+    assert [j.values.shape[0] for j in NgspiceBackend(reduced=True, chunk=8).jobs(c, random_inputs(c, 20), None)[0]] == [8, 8, 4]

@@ -16,10 +16,10 @@ The deck text from :mod:`ffebm_sim.netlist` is the contract. The pieces:
 ``method="auto"`` takes the resident transient (``tran``) for chunks of at least
 :data:`~.jobs.TRAN_MIN_SAMPLES` samples and ``op`` for one sample: measured
 fastest on every block size from ``[16, 10]`` to the ``[784, 100, 10]`` DRN
-(``ffebm bench solvers``, table "methods"). Chunks stay :data:`~.jobs.DEFAULT_CHUNK`
-samples on every block: longer chunks cost less per sample on one worker, but
-EP's free phase at batch 32 would then be one job, and the chunking must not
-depend on the number of workers.
+(``ffebm bench solvers``, table "methods"). Samples per job: ``chunk`` when given,
+else :func:`~.jobs.chunk_size` of the request (32 when the request still makes
+two jobs of 32, else 16): a function of the request alone, never of the number
+of workers.
 
 **Non-convergence.** A sample that fails ngspice's ``op`` and the homotopies of
 :data:`~.jobs.HOMOTOPIES` (retried where the job runs) gets one last try from
@@ -47,8 +47,8 @@ from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_bran
 from .dask_engine import DaskEngine, check_scheduler_address
 from .deckedit import with_nodeset
 from .engines import Engine, LocalEngine
-from .jobs import (DEFAULT_CHUNK, METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult,
-                   cache_friendly_order, input_key)
+from .jobs import (METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult, cache_friendly_order,
+                   chunk_size, input_key)
 from .pool import PoolEngine
 from .reference import ReferenceBackend
 from .session import digest
@@ -66,20 +66,21 @@ class NgspiceBackend(Backend):
         workers: number of local worker processes (1: solve in this process).
         scheduler: address of a Dask distributed scheduler (``tcp://host:port``),
             or a ``distributed.Client``; jobs then run on its workers.
-        chunk: samples per job (fixed, so results do not depend on ``workers``).
+        chunk: samples per job; None: :func:`~.jobs.chunk_size` of each request. Never
+            derived from ``workers``, so results do not depend on it.
         measure: record ngspice's own analysis time (``self.analysis_s``).
     """
 
     name = "ngspice"
 
     def __init__(self, reduced: bool = False, method: str = "auto", workers: int = 1, scheduler=None,
-                 chunk: int = DEFAULT_CHUNK, measure: bool = False):
+                 chunk: int | None = None, measure: bool = False):
         if method not in METHODS:
             raise SpecError(f"ngspice method: unknown {method!r}; valid methods are {', '.join(METHODS)}")
         if not (isinstance(workers, int) and workers >= 1):
             raise SpecError(f"--workers: {workers!r}; an integer >= 1")
-        if not (isinstance(chunk, int) and chunk >= 1):
-            raise SpecError(f"chunk: {chunk!r}; an integer >= 1 (samples per ngspice job)")
+        if chunk is not None and not (isinstance(chunk, int) and chunk >= 1):
+            raise SpecError(f"chunk: {chunk!r}; an integer >= 1 (samples per ngspice job), or None")
         if scheduler is not None and workers > 1:
             raise SpecError(f"--scheduler and --workers {workers}: give one of them; the Dask cluster's "
                             f"workers do the solves with --scheduler, --workers N starts N local processes")
@@ -177,8 +178,9 @@ class NgspiceBackend(Backend):
         vectors = tuple(nodes + ([] if reduced else [f"{name}#branch" for name in source_names(n0)]))
         deck, dg = self._deck(circuit, nudge)
         jobs = []
-        for start in range(0, B, self.chunk):
-            part = values[start:start + self.chunk]
+        size = self.chunk or chunk_size(B)
+        for start in range(0, B, size):
+            part = values[start:start + size]
             method = self.method
             if method == "auto":
                 method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
