@@ -1,6 +1,12 @@
 """``ffebm bench solvers``: the ngspice path against a naive PySpice loop, ngspice's own
-analysis time, the torch reference, two workers, memory over 20,000 solves, and a
-digits training epoch, measured side by side in one run.
+analysis time, the torch reference, two workers, memory over 20,000 solves, a digits
+training epoch, the same figures on the ``[784, 100, 10]`` DRN block of
+``circuits/drn_mnist.toml`` and one mnist-5k epoch of that DRN with each backend,
+measured side by side in one run.
+
+The machine may be shared: ratios are measured within one run, alternatives
+interleaved round by round (median of rounds), and each block's figures carry
+the load average seen while they were measured.
 
 Register with ``cli.add_command(bench)`` (``from ffebm_sim.bench import bench``).
 ``benchmarks/bench_solvers.py`` runs the same and writes
@@ -28,11 +34,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "circuits" / "block_small.toml"
 DIGITS = ROOT / "circuits" / "digits_ffebm.toml"
+DRN_MNIST = ROOT / "circuits" / "drn_mnist.toml"
 BATCH = 32
 #: The issue's targets: (bound, "min" or "max").
 TARGETS = {"speedup_vs_naive": (300.0, "min"), "overhead_vs_ngspice": (1.3, "max"),
            "workers2_speedup": (1.6, "min"), "reference_speedup": (20.0, "min"),
            "rss_growth_mb_20k": (20.0, "max"), "digits_epoch_2workers_s": (15.0, "max")}
+#: The issue's targets on the DRN block and its mnist-5k epoch (keys of ``report["drn"]``).
+DRN_TARGETS = {"overhead_vs_ngspice": (1.3, "max"), "workers2_speedup": (1.6, "min"),
+               "reference_speedup": (20.0, "min"), "epoch_ngspice_2workers_s": (20.0, "max"),
+               "epoch_reference_s": (3.0, "max")}
 
 
 def _met(value, bound: float, kind: str):
@@ -99,6 +110,70 @@ def time_ep(backend, circuit, work, repeat: int = 1) -> float:
     return best / sum(len(u) for u, _ in work)
 
 
+class TimedSolves:
+    """A backend whose ``solve`` calls are timed (``seconds``): the solver's share of an EP sample."""
+
+    def __init__(self, backend):
+        self.backend, self.seconds = backend, 0.0
+        self.name = backend.name
+
+    def solve(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return self.backend.solve(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def interleaved(runs: dict, rounds: int) -> dict:
+    """Median seconds of each callable of ``runs``, called in turn round after round (the order
+    rotated every round), so a change of load on a shared machine hits all of them alike."""
+    names = list(runs)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def block_figures(circuit, batches: int, rounds: int, ref_batches: int) -> dict:
+    """One block's figures, seconds per EP sample (batches of :data:`BATCH`): the ngspice path on
+    one worker (and the part of it spent in the solves), ngspice's own analysis time, the torch
+    reference at batch 128, two workers against one (interleaved rounds), with their ratios and
+    the 1-minute load average before and after."""
+    from .backends.ngspice import NgspiceBackend
+    from .backends.reference import ReferenceBackend
+    load = [os.getloadavg()[0]]
+    work = _work(circuit, batches)
+    samples = sum(len(u) for u, _ in work)
+    one, measured = NgspiceBackend(reduced=True), NgspiceBackend(reduced=True, measure=True)
+    two = NgspiceBackend(reduced=True, workers=2)
+    ref = ReferenceBackend()
+    ref_work = _work(circuit, ref_batches, batch=128, seed=3)
+    timed = TimedSolves(one)
+    try:
+        for b in (one, measured, two, ref):
+            _ep(b, circuit, *(ref_work if b is ref else work)[0])          # load decks, start workers
+        measured.analysis_s = 0.0
+        time_ep(measured, circuit, work)
+        t = interleaved({"one": lambda: time_ep(one, circuit, work), "two": lambda: time_ep(two, circuit, work),
+                         "timed": lambda: time_ep(timed, circuit, work)}, rounds)
+        ref_s = interleaved({"ref": lambda: time_ep(ref, circuit, ref_work)}, max(1, rounds - 1))["ref"]
+    finally:
+        two.close()
+    load.append(os.getloadavg()[0])
+    r = {"ngspice_ep_s": t["one"] / samples, "ngspice_solves_ep_s": timed.seconds / rounds / samples,
+         "ngspice_analysis_ep_s": measured.analysis_s / samples, "workers2_ep_s": t["two"] / samples,
+         "reference_ep_s": ref_s / sum(len(u) for u, _ in ref_work)}
+    r["overhead_vs_ngspice"] = r["ngspice_ep_s"] / r["ngspice_analysis_ep_s"]
+    r["solves_overhead_vs_ngspice"] = r["ngspice_solves_ep_s"] / r["ngspice_analysis_ep_s"]
+    r["workers2_speedup"] = t["one"] / t["two"]
+    r["reference_speedup"] = r["ngspice_ep_s"] / r["reference_ep_s"]
+    return {"layers": list(circuit.layer_sizes), "batches": batches, "rounds": rounds, "loadavg_1min": load, **r}
+
+
 def _naive_in_child(circuit, samples: int, seed: int) -> tuple[float, float]:
     """(seconds per EP sample, max |dV| vs the reference) of the naive PySpice loop; runs in its own process."""
     from .backends.naive_pyspice import naive_solve
@@ -153,20 +228,31 @@ def rss_growth_mb(circuit, solves: int = 20_000, warmup: int = 960) -> dict:
             "seconds": time.perf_counter() - t}
 
 
-def digits_epoch_s(workers: int, batch: int = BATCH, seed: int = 0) -> dict:
-    """Seconds of one digits training epoch (forward + EP backward + Adam step over the 1437
-    training samples, batches of 32) of ``circuits/digits_ffebm.toml`` on ngspice with ``workers``."""
+def epoch_s(spec: Path, dataset: str, backend="ngspice", workers: int = 1, batch: int = BATCH,
+            seed: int = 0) -> dict:
+    """Seconds of one training epoch of the model ``spec`` on ``dataset``'s training split:
+    forward + EP backward + Adam step (the spec's ``lr`` and ``lr_analog``) per batch, then the
+    projection onto ``[g_min, g_max]``; ``backend`` ``ngspice`` (reduced deck, ``workers``
+    processes) or ``reference``."""
+    import tomllib
+
     from .backends.ngspice import NgspiceBackend
     from .data import load_dataset
     from .model import build_model
-    data = load_dataset("digits")
-    backend = NgspiceBackend(reduced=True, workers=workers)
+    data = load_dataset(dataset)
+    training = tomllib.loads(Path(spec).read_text()).get("training", {})
+    solver = NgspiceBackend(reduced=True, workers=workers) if backend == "ngspice" else backend
     try:
-        model = build_model(DIGITS, backend=backend, seed=seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model = build_model(spec, backend=solver, seed=seed)
+        groups = [{"params": model.analog_parameters(), "lr": training.get("lr_analog", 3e-2)}]
+        if model.digital_parameters():
+            groups.append({"params": model.digital_parameters(), "lr": training.get("lr", 1e-3)})
+        optimizer = torch.optim.Adam(groups)
         n = len(data.x_train)
-        backend.engine                                   # start the workers before timing
+        if backend == "ngspice":
+            solver.engine                                # start the workers before timing
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        load = [os.getloadavg()[0]]
         t = time.perf_counter()
         total, correct = 0.0, 0
         for s in range(0, n, batch):
@@ -179,10 +265,19 @@ def digits_epoch_s(workers: int, batch: int = BATCH, seed: int = 0) -> dict:
             total += float(loss.detach()) * len(idx)
             correct += int((pred == data.y_train[idx]).sum())
         seconds = time.perf_counter() - t
+        load.append(os.getloadavg()[0])
     finally:
-        backend.close()
+        if backend == "ngspice":
+            solver.close()
     return {"seconds": seconds, "samples": n, "train_loss": total / n, "train_accuracy": correct / n,
-            "solves": model.solver_stats()["solves"]}
+            "solves": model.solver_stats()["solves"], "backend": backend, "workers": workers,
+            "loadavg_1min": load}
+
+
+def digits_epoch_s(workers: int, batch: int = BATCH, seed: int = 0) -> dict:
+    """:func:`epoch_s` of ``circuits/digits_ffebm.toml`` on sklearn digits (1437 training
+    samples) with ngspice on ``workers`` processes."""
+    return epoch_s(DIGITS, "digits", "ngspice", workers, batch, seed)
 
 
 def _wide_block(n_in: int, hidden: int, n_out: int, seed: int):
@@ -191,6 +286,38 @@ def _wide_block(n_in: int, hidden: int, n_out: int, seed: int):
                             "input_gain": 2.0, "nonlinearity": {"kind": "double", "v_off": 0.0,
                                                                 "diode": {"is": 1e-8, "n": 1.0}},
                             "conductances": {"low": 0.0, "high": 1e-4 * 64 / n_in, "seed": seed}})
+
+
+class Laps:
+    """Best (smallest) milliseconds of named steps over repeated runs: ``start()``, then
+    ``lap(name)`` after each step (``lap()`` restarts the clock without recording)."""
+
+    def __init__(self):
+        self.best: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def keep(self, name: str, seconds: float) -> None:
+        self.best[name] = min(self.best.get(name, float("inf")), 1e3 * seconds)
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, name: str | None = None) -> None:
+        now = time.perf_counter()
+        if name:
+            self.keep(name, now - self._t)
+        self._t = now
+
+    def analysis(self, session, run, name: str):
+        """``run()`` (an analysis command on ``session``) timed as ``name``, and ngspice's own
+        analysis time for it (``rusage``) as ``analysis_ms``; returns what ``run`` returns."""
+        a0 = session.analysis_seconds()
+        self.lap()
+        failure = run()
+        self.lap(name)
+        self.keep("analysis_ms", session.analysis_seconds() - a0)
+        self.lap()
+        return failure
 
 
 def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
@@ -207,64 +334,98 @@ def chunk_costs(circuit, n: int, repeat: int = 20) -> dict:
     u, _ = _work(circuit, 1, batch=n, seed=5)[0]
     job = NgspiceBackend(reduced=True, chunk=n).jobs(circuit, u, None)[0][0]
     fixed_only = sweep_template(job.deck, job.deck_digest, job.sources).fixed + "\n.end\n"
-    best: dict = {}
-
-    def keep(name, seconds):
-        best[name] = min(best.get(name, float("inf")), 1e3 * seconds)
+    laps = Laps()
     with s.lock:
         for _ in range(repeat):
-            t0 = time.perf_counter()
+            laps.start()
             deck = sweep_deck(job.deck, job.sources, job.values, job.deck_digest)
-            t1 = time.perf_counter()
+            laps.lap("format_ms")
             s.load(deck)
-            t2 = time.perf_counter()
-            a0 = s.analysis_seconds()
-            t3 = time.perf_counter()
-            failure = sweep_samples(s, n)
-            t4 = time.perf_counter()
-            a1 = s.analysis_seconds()
-            t5 = time.perf_counter()
+            laps.lap("parse_ms")
+            failure = laps.analysis(s, lambda: sweep_samples(s, n), "dc_command_ms")
             s.read_arrays(list(job.vectors), n)
             s.unload()
-            t6 = time.perf_counter()
+            laps.lap("read_unload_ms")
             if failure:
                 raise RuntimeError(f"benchmark: sweep failed: {failure}")
-            keep("format_ms", t1 - t0)
-            keep("parse_ms", t2 - t1)
-            keep("dc_command_ms", t4 - t3)
-            keep("analysis_ms", a1 - a0)
-            keep("read_unload_ms", t6 - t5)
-            t7 = time.perf_counter()
             s.load(fixed_only)
-            keep("parse_fixed_part_ms", time.perf_counter() - t7)
+            laps.lap("parse_fixed_part_ms")
             s.unload()
-    return {"samples": n, **best}
+    return {"samples": n, **laps.best}
 
 
-def method_table(blocks: dict, batches: int) -> list[dict]:
-    """Per block: seconds per EP sample with alter+op and with the DC sweep (one worker, reduced deck,
-    chunks of 16), and ngspice's own analysis time for each."""
-    from .backends.jobs import SWEEP_MIN_SAMPLES
+#: (method, samples per job) compared per block; ("auto", None) is what the backend runs by default
+#: (the method ``auto`` picks, jobs of :func:`~ffebm_sim.backends.jobs.chunk_size`).
+VARIANTS = (("op", 16), ("sweep", 16), ("tran", 16), ("tran", 32), ("auto", None))
+
+
+def _variant(method: str, chunk: int | None) -> str:
+    return f"{method}/{chunk or 'default'}"
+
+
+def method_table(blocks: dict, batches: int, rounds: int = 3) -> list[dict]:
+    """Per block: seconds per EP sample with each method and job size of :data:`VARIANTS` (one
+    worker, reduced deck; interleaved rounds, median), ngspice's own analysis time for each
+    (one pass with ``measure``), the torch reference at batch 128, and what ``auto`` picks."""
     from .backends.ngspice import NgspiceBackend
     from .backends.reference import ReferenceBackend
     rows = []
     for name, c in blocks.items():
         work = _work(c, batches, seed=1)
-        row = {"block": name, "layers": list(c.layer_sizes)}
-        for method in ("op", "sweep"):
-            b = NgspiceBackend(reduced=True, method=method)
+        samples = sum(len(u) for u, _ in work)
+        row = {"block": name, "layers": list(c.layer_sizes), "loadavg_1min": [os.getloadavg()[0]]}
+        runs = {}
+        for method, chunk in VARIANTS:
+            b = NgspiceBackend(reduced=True, method=method, chunk=chunk)
             _ep(b, c, *work[0])
-            row[f"{method}_ep_s"] = time_ep(b, c, work)
-            m = NgspiceBackend(reduced=True, method=method, measure=True)
+            runs[_variant(method, chunk)] = (lambda b=b: time_ep(b, c, work))
+            m = NgspiceBackend(reduced=True, method=method, chunk=chunk, measure=True)
             _ep(m, c, *work[0])
             m.analysis_s = 0.0
             time_ep(m, c, work)
-            row[f"{method}_analysis_ep_s"] = m.analysis_s / sum(len(u) for u, _ in work)
-        row["auto"] = "sweep" if BATCH // 2 >= SWEEP_MIN_SAMPLES else "op"
+            row[f"{_variant(method, chunk)}_analysis_ep_s"] = m.analysis_s / samples
+        for key, seconds in interleaved(runs, rounds).items():
+            row[f"{key}_ep_s"] = seconds / samples
+        row["auto"] = NgspiceBackend(reduced=True).jobs(c, work[0][0], None)[0][0].method
+        row["fastest"] = min(runs, key=lambda k: row[f"{k}_ep_s"])
         ref = ReferenceBackend()
         row["reference_ep_s"] = time_ep(ref, c, _work(c, 1, batch=128, seed=2), repeat=2)
+        row["loadavg_1min"].append(os.getloadavg()[0])
         rows.append(row)
     return rows
+
+
+def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
+    """Milliseconds one ``tran`` job of ``n`` samples spends in each step (one process, reduced deck,
+    resident circuit already loaded, best of ``repeat``): the ``alter @SRC[pwl]`` commands, the
+    ``tran`` command, ngspice's own analysis time (``rusage``) for it, reading the vectors and
+    destroying the plot."""
+    from .backends.deckedit import pwl_command, resident_deck
+    from .backends.jobs import tran_samples
+    from .backends.ngspice import NgspiceBackend
+    from .backends.session import session
+    s = session()
+    works = [_work(circuit, 1, batch=n, seed=5 + k)[0][0] for k in range(2)]
+    jobs = [NgspiceBackend(reduced=True, chunk=n).jobs(circuit, u, None)[0][0] for u in works]
+    laps = Laps()
+    with s.lock:
+        deck, dg = resident_deck(jobs[0].deck, jobs[0].deck_digest, jobs[0].sources)
+        s.load(deck, dg)
+        for r in range(repeat):
+            job = jobs[r % 2]                   # alternate, so every source's values change
+            laps.start()
+            for name, column in zip(job.sources, job.values.T.tolist()):
+                if s.pwl.get(name) != tuple(column):
+                    s.set_pwl(name, pwl_command(name, column), tuple(column))
+            laps.lap("alter_ms")
+            failure = laps.analysis(s, lambda: tran_samples(s, n), "tran_command_ms")
+            s.read_arrays(["time"] + list(job.vectors), s.vector_length("time"))
+            s.destroy_plots()
+            laps.lap("read_destroy_ms")
+            if failure:
+                raise RuntimeError(f"benchmark: tran failed: {failure}")
+        s.unload()
+    return {"samples": n, **laps.best}
 
 
 # ---- the whole run ----------------------------------------------------------------------------
@@ -272,7 +433,7 @@ def method_table(blocks: dict, batches: int) -> list[dict]:
 def run_solvers(quick: bool = False, log=lambda msg: None) -> dict:
     """The solver benchmark; a progress line every few seconds names the step running (ffebm_sim.progress)."""
     from .progress import Progress
-    bar = Progress(7 if quick else 9, "bench solvers", unit="steps")
+    bar = Progress(10 if quick else 13, "bench solvers", unit="steps")
 
     def step(msg):
         if bar.postfix:            # the step before this one is done
@@ -285,47 +446,34 @@ def run_solvers(quick: bool = False, log=lambda msg: None) -> dict:
         bar.close()
 
 
+def drn_block():
+    """The energy block of ``circuits/drn_mnist.toml`` (``[784, 100, 10]``, 1568 sources)."""
+    from .model import build_model
+    return build_model(DRN_MNIST, backend="reference").energy_blocks[0].circuit
+
+
 def _run_solvers(quick: bool, log) -> dict:
-    from .backends.jobs import DEFAULT_CHUNK
-    from .backends.ngspice import NgspiceBackend
-    from .backends.reference import ReferenceBackend
+    from .backends.jobs import DEFAULT_CHUNK, LARGE_CHUNK
     from .model import build_model
     from .spec import load_block
     # One torch thread, as `ffebm` itself runs: idle OpenMP threads of the parent spin and
     # take the cores the ngspice workers need (2 threads made 2 workers no faster than 1).
     torch.set_num_threads(1)
-    small = load_block(SMALL)
-    batches = 4 if quick else 12
+    small, drn = load_block(SMALL), drn_block()
     out: dict = {"machine": machine(), "quick": quick, "block": small.name, "layers": list(small.layer_sizes),
-                 "batch": BATCH, "chunk": DEFAULT_CHUNK, "deck": "reduced", "method": "auto"}
+                 "batch": BATCH, "chunk": f"{DEFAULT_CHUNK} or {LARGE_CHUNK} (`jobs.chunk_size`)", "deck": "reduced",
+                 "method": "auto"}
     r: dict = {}
     log("naive PySpice loop")
     r["naive_pyspice_ep_s"], out["naive_max_abs_dv_volts"] = naive_ep_s(small, 3 if quick else 8)
-    work = _work(small, batches)
-    log("ngspice, one worker")
-    one = NgspiceBackend(reduced=True)
-    _ep(one, small, *work[0])
-    r["ngspice_ep_s"] = time_ep(one, small, work, repeat=1 if quick else 3)
-    measured = NgspiceBackend(reduced=True, measure=True)
-    _ep(measured, small, *work[0])
-    measured.analysis_s = 0.0
-    time_ep(measured, small, work)
-    r["ngspice_analysis_ep_s"] = measured.analysis_s / sum(len(u) for u, _ in work)
-    log("reference, batch 128")
-    ref = ReferenceBackend()
-    ref_work = _work(small, 2 if quick else 4, batch=128, seed=3)
-    _ep(ref, small, *ref_work[0])
-    r["reference_ep_s"] = time_ep(ref, small, ref_work, repeat=1 if quick else 3)
-    log("two workers")
-    two = NgspiceBackend(reduced=True, workers=2)
-    try:
-        _ep(two, small, *work[0])
-        t1 = time_ep(one, small, work, repeat=2)
-        t2 = time_ep(two, small, work, repeat=2)
-    finally:
-        two.close()
-    r["workers2_ep_s"] = t2
-    r["workers2_speedup"] = t1 / t2
+    log("block_small: one worker, analysis time, reference, two workers")
+    figures = block_figures(small, batches=4 if quick else 12, rounds=2 if quick else 3, ref_batches=2 if quick else 4)
+    out["small"] = figures
+    for key in ("ngspice_ep_s", "ngspice_analysis_ep_s", "reference_ep_s", "workers2_ep_s", "workers2_speedup"):
+        r[key] = figures[key]
+    log("drn_mnist [784, 100, 10]: one worker, analysis time, reference, two workers")
+    out["drn"] = {"block": drn.name, **block_figures(drn, batches=2 if quick else 4, rounds=2 if quick else 3,
+                                                     ref_batches=1 if quick else 2)}
     if quick:
         r["rss_growth_mb_20k"] = None
     else:
@@ -342,15 +490,23 @@ def _run_solvers(quick: bool, log) -> dict:
         epoch1 = digits_epoch_s(1)
         r["digits_epoch_1worker_s"] = epoch1["seconds"]
         out["digits_epoch_1worker"] = epoch1
+        log("drn_mnist epoch on mnist-5k, ngspice, 2 workers")
+        out["drn_epoch_ngspice_2workers"] = epoch_s(DRN_MNIST, "mnist-5k", "ngspice", workers=2)
+        log("drn_mnist epoch on mnist-5k, reference")
+        out["drn_epoch_reference"] = epoch_s(DRN_MNIST, "mnist-5k", "reference")
+        out["drn"]["epoch_ngspice_2workers_s"] = out["drn_epoch_ngspice_2workers"]["seconds"]
+        out["drn"]["epoch_reference_s"] = out["drn_epoch_reference"]["seconds"]
     r["speedup_vs_naive"] = r["naive_pyspice_ep_s"] / r["ngspice_ep_s"]
     r["overhead_vs_ngspice"] = r["ngspice_ep_s"] / r["ngspice_analysis_ep_s"]
     r["reference_speedup"] = r["ngspice_ep_s"] / r["reference_ep_s"]
     out["results"] = r
-    out["targets"] = {k: {"target": f"{'>=' if kind == 'min' else '<='} {bound:g}", "value": r.get(k),
-                          "met": _met(r.get(k), bound, kind)} for k, (bound, kind) in TARGETS.items()}
-    log("where a chunk's time goes")
+    out["targets"] = _targets(TARGETS, r)
+    out["drn_targets"] = _targets(DRN_TARGETS, out["drn"])
+    log("where a job's time goes")
     out["chunk_costs"] = [chunk_costs(small, n) for n in (16, 32, 64)]
-    log("alter+op vs DC sweep per block size")
+    out["tran_costs"] = [{"block": "block_small", **tran_costs(small, n)} for n in (16, 32)] + \
+        [{"block": drn.name, **tran_costs(drn, n, repeat=5 if quick else 10)} for n in (16, 32)]
+    log("methods and job sizes per block size")
     blocks = {"block_small": small}
     digits = build_model(DIGITS, backend="reference")
     for k, b in enumerate(digits.energy_blocks):
@@ -358,9 +514,15 @@ def _run_solvers(quick: bool, log) -> dict:
     if not quick:
         blocks["block_128_64_10"] = _wide_block(128, 64, 10, seed=7)
         blocks["block_256_128_10"] = _wide_block(256, 128, 10, seed=8)
-    out["methods"] = method_table(blocks, 2 if quick else 4)
+    blocks[drn.name] = drn
+    out["methods"] = method_table(blocks, 2 if quick else 4, rounds=2 if quick else 3)
     out["machine"]["loadavg_end"] = list(os.getloadavg())
     return out
+
+
+def _targets(targets: dict, figures: dict) -> dict:
+    return {k: {"target": f"{'>=' if kind == 'min' else '<='} {bound:g}", "value": figures.get(k),
+                "met": _met(figures.get(k), bound, kind)} for k, (bound, kind) in targets.items()}
 
 
 def markdown(report: dict) -> str:
@@ -396,9 +558,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| digits epoch, ngspice, 1 worker | {f(r['digits_epoch_1worker_s'], ' s')} |")
     if report.get("targets"):
         lines += ["", "Targets of the speed issue:", "", "| figure | target | value | met |", "|---|---|---|---|"]
-        for name, t in report["targets"].items():
-            met = "skipped" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            lines.append(f"| {name} | {t['target']} | {f(t['value'])} | {met} |")
+        lines += _target_rows(report["targets"], f)
+    if report.get("drn"):
+        lines += _block_lines(report, f)
     if report.get("chunk_costs"):
         lines += ["", "## Where one sweep job's time goes (block_small, one process, ms per job, best of 20)", "",
                   "| samples | format deck (Python) | ngspice parses it | of which the fixed part | `dc` command | "
@@ -409,18 +571,76 @@ def markdown(report: dict) -> str:
             lines.append(f"| {c['samples']} | {c['format_ms']:.2f} | {c['parse_ms']:.2f} | {c['parse_fixed_part_ms']:.2f} | "
                          f"{c['dc_command_ms']:.2f} | {c['analysis_ms']:.2f} | {c['read_unload_ms']:.2f} | "
                          f"{1 + rest / c['analysis_ms']:.2f} |")
+    if report.get("tran_costs"):
+        lines += ["", "## Where one `tran` job's time goes (resident circuit loaded, one process, ms per job, best of 10-20)", "",
+                  "| block | samples | `alter @SRC[pwl]` commands | `tran` command | its analysis (`rusage`) | "
+                  "read + destroy | job / analysis |", "|---|---|---|---|---|---|---|"]
+        for c in report["tran_costs"]:
+            job = c["alter_ms"] + c["tran_command_ms"] + c["read_destroy_ms"]
+            lines.append(f"| {c['block']} | {c['samples']} | {c['alter_ms']:.2f} | {c['tran_command_ms']:.2f} | "
+                         f"{c['analysis_ms']:.2f} | {c['read_destroy_ms']:.2f} | {job / max(c['analysis_ms'], 1e-9):.2f} |")
     lines += ["", f"Naive loop agrees with the reference to {report['naive_max_abs_dv_volts']:.1e} V. "
               "A digits epoch: forward + EP backward + Adam step over the 1437 training samples of "
               "sklearn digits in batches of 32 (`ffebm_sim.model.build_model`).", "",
-              "## alter+op vs DC sweep, per block size (one worker, reduced deck, s per EP sample)", "",
-              "| block | layers | alter+op | its analysis | DC sweep | its analysis | reference (batch 128) | auto picks |",
-              "|---|---|---|---|---|---|---|---|"]
+              "## Methods and job sizes per block size (one worker, reduced deck, s per EP sample)", "",
+              "Method/samples per job (`auto/default`: what the backend runs, the method `auto` picks in jobs "
+              "of `jobs.chunk_size`: 16 for the free phase's 32 samples, 32 for the nudged request's 64); in "
+              "parentheses ngspice's own analysis time. Interleaved rounds, median; load average (1 min) before "
+              "and after each block.", "",
+              "| block | layers | " + " | ".join(_variant(m, n) for m, n in VARIANTS) +
+              " | reference (batch 128) | fastest | auto picks | load |",
+              "|---|---|" + "---|" * (len(VARIANTS) + 4)]
     for row in report["methods"]:
-        lines.append(f"| {row['block']} | {row['layers']} | {f(row['op_ep_s'])} | {f(row['op_analysis_ep_s'])} | "
-                     f"{f(row['sweep_ep_s'])} | {f(row['sweep_analysis_ep_s'])} | {f(row['reference_ep_s'])} | "
-                     f"{row['auto']} |")
+        cells = [f"{f(row.get(_variant(m, n) + '_ep_s'))} ({f(row.get(_variant(m, n) + '_analysis_ep_s'))})"
+                 for m, n in VARIANTS]
+        load = "-".join(f"{x:.1f}" for x in row.get("loadavg_1min", []))
+        lines.append(f"| {row['block']} | {row['layers']} | " + " | ".join(cells) +
+                     f" | {f(row['reference_ep_s'])} | {row.get('fastest', '')} | {row['auto']} | {load} |")
     lines += ["", f"Reproduce: `{report.get('command', 'ffebm bench solvers')}`.", ""]
     return "\n".join(lines)
+
+
+def _target_rows(targets: dict, f) -> list[str]:
+    rows = []
+    for name, t in targets.items():
+        met = "skipped" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        rows.append(f"| {name} | {t['target']} | {f(t['value'])} | {met} |")
+    return rows
+
+
+def _block_lines(report: dict, f) -> list[str]:
+    """The per-block table (block_small and the DRN block) and the DRN's mnist-5k epochs."""
+    blocks = [("block_small", report.get("small")), (report["drn"].get("block", "drn"), report["drn"])]
+    blocks = [(name, b) for name, b in blocks if b]
+    rows = [("ngspice path, one worker, s per EP sample", "ngspice_ep_s", ""),
+            ("of which in the three solves", "ngspice_solves_ep_s", ""),
+            ("ngspice's own analysis time, s per EP sample", "ngspice_analysis_ep_s", ""),
+            ("two workers, s per EP sample", "workers2_ep_s", ""),
+            ("torch reference at batch 128, s per EP sample", "reference_ep_s", ""),
+            ("overhead_vs_ngspice (EP sample / analysis time)", "overhead_vs_ngspice", "x"),
+            ("solves_overhead_vs_ngspice (the solves / analysis time)", "solves_overhead_vs_ngspice", "x"),
+            ("workers2_speedup (interleaved rounds)", "workers2_speedup", "x"),
+            ("reference_speedup (ngspice path / reference)", "reference_speedup", "x")]
+    lines = ["", "## block_small and the DRN block of `circuits/drn_mnist.toml`", "",
+             "Batches of 32, reduced deck, method `auto`; EP sample = free, +beta, -beta and the EP arithmetic "
+             "(energy partials) in the parent. Load average (1 min) before-after each block's measurements.", "",
+             "| quantity | " + " | ".join(f"{name} {b['layers']}" for name, b in blocks) + " |",
+             "|---|" + "---|" * len(blocks)]
+    for label, key, unit in rows:
+        lines.append(f"| {label} | " + " | ".join(f(b.get(key), unit) for _, b in blocks) + " |")
+    lines.append("| load average | " + " | ".join("-".join(f"{x:.1f}" for x in b["loadavg_1min"]) for _, b in blocks) + " |")
+    epochs = [(label, report[key]) for key, label in (("drn_epoch_ngspice_2workers", "ngspice, 2 workers"),
+                                                       ("drn_epoch_reference", "reference")) if report.get(key)]
+    if epochs:
+        lines += ["", "One mnist-5k epoch of `circuits/drn_mnist.toml` (4000 training images, batches of 32, "
+                  "forward + EP backward + Adam step):", "", "| backend | seconds | train accuracy | load average |",
+                  "|---|---|---|---|"]
+        lines += [f"| {label} | {e['seconds']:.1f} | {100 * e['train_accuracy']:.1f} % | "
+                  f"{'-'.join(f'{x:.1f}' for x in e['loadavg_1min'])} |" for label, e in epochs]
+    if report.get("drn_targets"):
+        lines += ["", "Targets on the DRN block:", "", "| figure | target | value | met |", "|---|---|---|---|"]
+        lines += _target_rows(report["drn_targets"], f)
+    return lines
 
 
 def write_results(report: dict, directory: Path) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ def cluster():
         yield c
 
 
-@pytest.mark.parametrize("method", ["op", "sweep"])
+@pytest.mark.parametrize("method", ["op", "sweep", "tran"])
 def test_dask_cluster_equals_local_pool(cluster, method):
     c = make_block((6, 5, 3), kind="double", seed=3, bias=True)
     u = random_inputs(c, 21, seed=1)

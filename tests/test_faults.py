@@ -57,7 +57,7 @@ def test_killed_workers_are_replaced_and_results_are_identical(tmp_path, monkeyp
     c, u, nudge = _problem()
     engine = PoolEngine(2)
     try:
-        for method in ("op", "sweep"):
+        for method in ("op", "sweep", "tran"):
             one = NgspiceBackend(reduced=True, method=method, chunk=CHUNK)     # in this process: no hook
             two = NgspiceBackend(reduced=True, method=method, workers=2, chunk=CHUNK)
             two._engine = engine

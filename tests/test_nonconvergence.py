@@ -69,12 +69,13 @@ def test_a_sample_that_fails_every_retry_says_so(faults):
     assert "no convergence" in message and all(name in message for name, _ in HOMOTOPIES) and WARM_START in message
 
 
-def test_failing_sweeps_fall_back_to_rescued_operating_points(faults):
+@pytest.mark.parametrize("method", ["sweep", "tran"])
+def test_failing_sweeps_fall_back_to_rescued_operating_points(faults, method):
     c = make_block((5, 4, 3), kind="double", seed=6)
     u = random_inputs(c, 8, seed=4)
     ref = ReferenceBackend().solve(c, u)
-    faults(1)                                          # the sweep fails; its samples are solved by op
-    be = NgspiceBackend(reduced=True, method="sweep", chunk=8)
+    faults(1)                                          # the sweep/transient fails; its samples are solved by op
+    be = NgspiceBackend(reduced=True, method=method, chunk=8)
     eq = be.solve(c, u)
     assert eq.ok and float((eq.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9
     assert sum(be.convergence_stats().values()) == 0           # no op needed a retry

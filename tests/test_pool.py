@@ -41,7 +41,7 @@ def pool():
     engine.close()
 
 
-@pytest.mark.parametrize("method", ["op", "sweep"])
+@pytest.mark.parametrize("method", ["op", "sweep", "tran"])
 @pytest.mark.parametrize("reduced", [True, False], ids=["reduced", "physical"])
 def test_two_workers_bit_identical_to_one(pool, method, reduced):
     c = make_block((6, 5, 3), kind="double", seed=3, bias=True)
@@ -83,12 +83,13 @@ def test_op_answer_does_not_depend_on_what_was_solved_before():
     assert torch.equal(forward.node_voltages_v, backward.node_voltages_v.flip(0))
 
 
+@pytest.mark.parametrize("method", ["sweep", "tran"])
 @pytest.mark.parametrize("kind", ["double", "single", "ideal", "pwl"])
-def test_sweep_agrees_with_reference_and_op(kind):
+def test_sweep_agrees_with_reference_and_op(kind, method):
     c = make_block((5, 4, 3), kind=kind, seed=6, v_off=0.1 if kind == "ideal" else 0.0)
     u = random_inputs(c, 10, seed=4)
     nudge = _nudge(c, 10, seed=1)
-    sweep = NgspiceBackend(reduced=False, method="sweep", chunk=10).solve(c, u, nudge)
+    sweep = NgspiceBackend(reduced=False, method=method, chunk=10).solve(c, u, nudge)
     op = NgspiceBackend(reduced=False, method="op").solve(c, u, nudge)
     assert sweep.ok and op.ok
     assert float((sweep.node_voltages_v - op.node_voltages_v).abs().max()) <= 1e-9
@@ -98,13 +99,14 @@ def test_sweep_agrees_with_reference_and_op(kind):
         assert float((sweep.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9
 
 
-def test_sweep_resistive_nudge_matches_reference():
+@pytest.mark.parametrize("method", ["sweep", "tran"])
+def test_sweep_resistive_nudge_matches_reference(method):
     c = make_block((5, 4, 3), kind="double", seed=7, nudge="resistive")
     u = random_inputs(c, 8, seed=5)
     y = torch.from_numpy(np.random.default_rng(2).uniform(-0.2, 0.2, (8, 3)))
     for g in (1e-5, -1e-5):
         nd = Nudge(conductance_s=g, target_v=y)
-        got = NgspiceBackend(reduced=False, method="sweep", chunk=8).solve(c, u, nd)
+        got = NgspiceBackend(reduced=False, method=method, chunk=8).solve(c, u, nd)
         ref = ReferenceBackend().solve(c, u, nd)
         assert got.ok
         assert float((got.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9

@@ -1,4 +1,14 @@
-"""Deck text rewritten for a job: the DC-sweep deck of a chunk, and ``.nodeset`` warm starts.
+"""Deck text rewritten for a job: the resident transient deck, the DC-sweep deck of a chunk, and
+``.nodeset`` warm starts.
+
+**The resident deck** (method ``tran``). Each source that changes from sample
+to sample becomes an independent ``PWL`` source (its card keeps its name and
+nodes, so its vectors keep their names); the deck is loaded once and a chunk's
+values go in with one ``alter @NAME[pwl] = [ 0 x_0 1 x_1 ... ]`` command per
+source (:func:`pwl_command`): sample ``k`` is the value at ``t = k``, a PWL
+corner, where ngspice's PWL returns the value itself, not an interpolation.
+``.options noinit`` keeps ngspice from printing the initial transient solution
+(every node, through the shared library's output callback) on each transient.
 
 **The sweep deck.** A chunk of ``n`` samples becomes one DC sweep: each source
 that changes across the chunk becomes a behavioural source
@@ -22,10 +32,53 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .session import digest
+from .session import MAX_COMMAND_CHARS, digest
 
 SWEEP_SOURCE = "vffebm_sweep"
 SWEEP_NODE = "ffebm_sweep"
+
+
+def resident_deck(deck: str, deck_digest: str, sources: tuple[str, ...]) -> tuple[str, str]:
+    """``deck`` with every card of ``sources`` as an independent ``PWL`` source of the same
+    name and nodes (value 0 until altered), and ``.options noinit``; (text, its digest)."""
+    key = ("resident", deck_digest, sources)
+    if key not in _TEMPLATES:
+        fixed, cards = sweep_template(deck, deck_digest, sources)
+        body = [fixed, ".options noinit"]
+        body += [f"{name} {plus} {minus} PWL(0 0)" for _, (name, plus, minus) in sorted(cards.items())]
+        text = "\n".join(body + [".end", ""])
+        if len(_TEMPLATES) > 8:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = (text, digest(text))
+    return _TEMPLATES[key]
+
+
+def pwl_command(name: str, column: list[float]) -> str:
+    """``alter @name[pwl] = [ 0 x_0 1 x_1 ... ]``: sample ``k`` of ``column`` at ``t = k``
+    (one corner ``[ 0 x_0 ]`` when the column is constant: the PWL's value at every time).
+    Values as ``repr``, so ngspice gets the float64 exactly."""
+    if column.count(column[0]) == len(column):
+        column = column[:1]
+    parts = [""] * (2 * len(column))
+    parts[0::2] = _corner_times(len(column))
+    parts[1::2] = map(repr, map(float, column))
+    return f"alter @{name}[pwl] = [ " + " ".join(parts) + " ]"
+
+
+@functools.lru_cache(maxsize=64)
+def _corner_times(n: int) -> list[str]:
+    return [str(k) for k in range(n)]
+
+
+def pwl_max_points(name_chars: int = 12) -> int:
+    """The most samples :func:`pwl_command` always fits in one ngspice command
+    (:data:`~.session.MAX_COMMAND_CHARS`) for element names of up to ``name_chars``
+    characters: the worst case, every value 24 characters (``-1.2345678901234567e-100``)."""
+    n, length = 0, len("alter @[pwl] = [ ]") + name_chars
+    while length + len(f"{n} ") + 25 < MAX_COMMAND_CHARS:
+        length += len(f"{n} ") + 25
+        n += 1
+    return n
 
 
 class SweepTemplate(NamedTuple):
@@ -36,7 +89,7 @@ class SweepTemplate(NamedTuple):
     cards: dict[int, tuple[str, str, str]]
 
 
-_TEMPLATES: dict[tuple, SweepTemplate] = {}
+_TEMPLATES: dict[tuple, object] = {}
 
 
 def sweep_template(deck: str, deck_digest: str, sources: tuple[str, ...]) -> SweepTemplate:

@@ -4,7 +4,7 @@ A solve request becomes a list of :class:`DeckJob` s: the deck, the names of
 the sources that change from sample to sample, their values (one row per
 sample) and the vectors to read. A job runs in whichever process holds a
 libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
-:mod:`.dask_engine`) through :func:`run_job`, with one of two methods:
+:mod:`.dask_engine`) through :func:`run_job`, with one of three methods:
 
 * ``op``: the deck is loaded once (kept while the conductances stay the same)
   and every sample ``alter`` s the sources that changed, then runs ``op``:
@@ -20,6 +20,26 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   The deck is reloaded per chunk, so the answer depends only on the chunk
   (fixed boundaries: identical on 1 or N workers). A chunk whose sweep fails
   is solved again sample by sample with ``op``.
+* ``tran``: the resident deck (:func:`~.deckedit.resident_deck`: the changing
+  sources as independent PWL sources) is loaded once, like ``op``'s; a chunk's
+  values go in with one ``alter @SRC[pwl]`` per source whose values changed
+  (:func:`~.deckedit.pwl_command`), and the chunk is one transient with one
+  time point per sample (:meth:`~.session.NgspiceSession.tran_samples`). The
+  circuit has no reactive element, so every accepted time point is a DC
+  operating point, solved to the deck's tolerances. Sample 0 is the
+  transient's initial operating point (junction initialisation, like ``op``);
+  sample ``k`` starts Newton from sample ``k-1`` (extrapolated from ``k-2``:
+  SPICE's predictor). Nothing carries over from one transient to the next
+  (each starts with ``op``'s junction initialisation and matrix reordering; the
+  PWL values of every source are the chunk's), so the answer depends only on
+  the chunk, as the sweep's does: identical on 1 or N workers, and whatever
+  the worker solved before (``tests/test_pool.py``). It does depend on the
+  chunk's other samples within the solver's tolerance: the same sample in
+  another chunk agrees to about 1e-12 V, not bit for bit (``op`` is the method
+  whose answers are bit-identical at any position). Chunks longer than
+  :data:`TRAN_MAX_POINTS` run as several transients (a command must stay below
+  ngspice's 1024 characters). A chunk whose transient fails is solved again
+  sample by sample with ``op``.
 
 **Non-convergence.** ngspice's own ``op`` already falls back from Newton to
 gmin stepping and source stepping with its default ladders. A sample whose
@@ -43,16 +63,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .deckedit import SWEEP_NODE, SWEEP_SOURCE, swept_vector_name, sweep_deck
+from .deckedit import SWEEP_NODE, SWEEP_SOURCE, pwl_command, pwl_max_points, resident_deck, swept_vector_name, sweep_deck
 from .faults import injected_nonconvergence
 from .session import NgspiceDeckError, NgspiceSession, session
 
-METHODS = ("auto", "op", "sweep")
-#: Samples per job. Fixed (not derived from the worker count) so a batch is cut
-#: into the same chunks on 1 worker, N workers or a Dask cluster: identical results.
+METHODS = ("auto", "op", "sweep", "tran")
+#: Samples per job for requests of fewer than ``2 * LARGE_CHUNK`` samples (:func:`chunk_size`).
 DEFAULT_CHUNK = 16
-#: ``auto`` sweeps chunks of at least this many samples (below it, alter+op wins).
-SWEEP_MIN_SAMPLES = 4
+#: Samples per job for requests that still make two jobs of it (:func:`chunk_size`).
+LARGE_CHUNK = 32
+#: ``auto`` runs the resident transient for chunks of at least this many samples (one sample: alter+op).
+TRAN_MIN_SAMPLES = 2
+#: Samples per transient: a PWL of this many corners fits one ngspice command.
+TRAN_MAX_POINTS = pwl_max_points()
 #: Retries of a failed operating point, in order: (name, ngspice ``option`` command).
 #: ``noopiter`` skips the plain Newton attempt, ``gminsteps=0`` the gmin ladder.
 HOMOTOPIES = (("gmin stepping", "option itl1=1000 gminsteps=100"),
@@ -71,8 +94,11 @@ class DeckJob:
         values: ``(n, len(sources))`` their DC values, one row per sample.
         vectors: names of the vectors to read after each analysis (op plot names;
             a swept voltage source ``v`` reads ``bsw_v#branch`` instead of ``v#branch``).
-        method: ``op`` or ``sweep``.
+        method: ``op``, ``sweep`` or ``tran``.
         measure: also report ngspice's own analysis time for this job (its ``rusage``).
+        inputs: the first ``inputs`` columns of ``values`` are set by the block's inputs (not
+            the nudge): EP's three phases repeat them, so jobs sharing them are run one after
+            another (:func:`cache_friendly_order`) and a resident circuit keeps their PWLs.
     """
 
     deck: str
@@ -82,6 +108,7 @@ class DeckJob:
     vectors: tuple[str, ...]
     method: str = "op"
     measure: bool = False
+    inputs: int = 0
 
 
 @dataclass
@@ -105,6 +132,13 @@ def sweep_samples(s: NgspiceSession, n: int) -> str:
     if injected_nonconvergence():
         return "ngspice dc sweep failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
     return s.dc(SWEEP_SOURCE, 0, n - 1, 1)
+
+
+def tran_samples(s: NgspiceSession, n: int) -> str:
+    """The transient of a loaded resident deck through samples ``0..n-1``: '' or the failure text."""
+    if injected_nonconvergence():
+        return "ngspice tran failed (no convergence): injected fault (FFEBM_FAULT_DIR)"
+    return s.tran_samples(n)
 
 
 def _op_values(s: NgspiceSession, vectors: list[str]) -> tuple[np.ndarray | None, str]:
@@ -177,6 +211,86 @@ def _run_sweep(s: NgspiceSession, job: DeckJob) -> JobResult | None:
     return JobResult(values, ("",) * n)
 
 
+def sample_rows(time_s: np.ndarray, m: int) -> np.ndarray | None:
+    """Rows of a transient's accepted time points that are the samples ``t = 0..m-1``
+    (continuation points ngspice inserted after a failed step are skipped); None if one is missing."""
+    want = np.arange(m, dtype=np.float64)
+    rows = np.searchsorted(time_s, want)
+    if len(time_s) == 0 or rows[-1] >= len(time_s) or not np.array_equal(time_s[rows], want):
+        return None
+    return rows
+
+
+def _tran_segments(n: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the transients of a chunk of ``n >= 2`` samples: as even as possible,
+    none longer than :data:`TRAN_MAX_POINTS` and none of one sample."""
+    parts = -(-n // TRAN_MAX_POINTS)
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
+    """The chunk as transients of the resident deck (see the module docstring); None when one fails."""
+    n = job.values.shape[0]
+    deck, deck_digest = resident_deck(job.deck, job.deck_digest, job.sources)
+    try:
+        s.load(deck, deck_digest, keep_stats=job.measure)
+    except NgspiceDeckError:
+        s.unload()
+        return None
+    out = np.empty((n, len(job.vectors)))
+    for start, stop in _tran_segments(n):
+        m = stop - start
+        part = job.values[start:stop]
+        try:
+            for name, column in zip(job.sources, part.T.tolist()):
+                key = tuple(column)
+                if s.pwl.get(name) != key:            # the loaded circuit holds other values
+                    s.set_pwl(name, pwl_command(name, column), key)
+        except (ValueError, NgspiceDeckError):     # too long for one command, or refused: solve with op
+            s.unload()
+            return None
+        failure = tran_samples(s, m)
+        length = 0 if failure else s.vector_length("time")
+        data = s.read_arrays(["time"] + list(job.vectors), length) if length >= m else None
+        s.destroy_plots()
+        if data is None:
+            return None
+        rows = sample_rows(data[:, 0], m)
+        if rows is None:
+            return None
+        out[start:stop] = data[rows, 1:]
+    return JobResult(out, ("",) * n)
+
+
+def chunk_size(n: int) -> int:
+    """Samples per job for a solve request of ``n`` samples: :data:`LARGE_CHUNK` when the request
+    still makes at least two jobs of it, else :data:`DEFAULT_CHUNK`. A longer transient costs
+    less per sample (one junction-initialised operating point per job; measured 3-28 % on the
+    blocks of ``ffebm bench solvers``), and two jobs per request keep two workers busy: at
+    batch 32, EP's free phase is two jobs of 16 and its nudged request (64 samples) two of 32.
+    A function of ``n`` alone, never of the number of workers: the chunks decide the answers'
+    last bits, so a batch is cut alike on 1 worker, N workers or a Dask cluster."""
+    return LARGE_CHUNK if n >= 2 * LARGE_CHUNK else DEFAULT_CHUNK
+
+
+def cache_friendly_order(jobs: list[DeckJob], first: bytes | None = None) -> list[int]:
+    """An order to run ``jobs`` in: jobs whose input columns (:attr:`DeckJob.inputs`) are equal
+    next to each other, the group equal to ``first`` (what the process last held) first, the
+    groups otherwise in job order. Every job's answer depends on the job alone, so the order
+    changes no answer, only how many ``alter`` s a resident circuit needs."""
+    keys = [input_key(job) for job in jobs]
+    rank: dict[bytes, int] = {}
+    for k, key in enumerate(keys):
+        rank.setdefault(key, -1 if key == first else k)
+    return sorted(range(len(jobs)), key=lambda k: (rank[keys[k]], k))
+
+
+def input_key(job: DeckJob) -> bytes:
+    """The bytes of a job's input columns (the key :func:`cache_friendly_order` groups by)."""
+    return np.ascontiguousarray(job.values[:, :job.inputs]).tobytes()
+
+
 def run_job(job: DeckJob) -> JobResult:
     """Run ``job`` on this process's libngspice (the task a pool or Dask worker executes)."""
     s = session()
@@ -186,7 +300,9 @@ def run_job(job: DeckJob) -> JobResult:
             result = None
             if job.method == "sweep" and job.values.shape[0] > 1:
                 result = _run_sweep(s, job)
-            if result is None:                 # op requested, one sample, or the sweep failed
+            elif job.method == "tran" and job.values.shape[0] > 1:
+                result = _run_tran(s, job)
+            if result is None:                 # op requested, one sample, or the sweep/transient failed
                 result = _run_op(s, job)
         except NgspiceDeckError as e:
             n = job.values.shape[0]

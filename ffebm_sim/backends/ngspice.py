@@ -13,8 +13,13 @@ The deck text from :mod:`ffebm_sim.netlist` is the contract. The pieces:
   runs them on its engine with every retry, and assembles the
   :class:`~.base.Equilibrium`.
 
-``method="auto"`` takes the DC sweep for chunks of at least
-:data:`~.jobs.SWEEP_MIN_SAMPLES` samples and ``op`` for smaller ones.
+``method="auto"`` takes the resident transient (``tran``) for chunks of at least
+:data:`~.jobs.TRAN_MIN_SAMPLES` samples and ``op`` for one sample: measured
+fastest on every block size from ``[16, 10]`` to the ``[784, 100, 10]`` DRN
+(``ffebm bench solvers``, table "methods"). Samples per job: ``chunk`` when given,
+else :func:`~.jobs.chunk_size` of the request (32 when the request still makes
+two jobs of 32, else 16): a function of the request alone, never of the number
+of workers.
 
 **Non-convergence.** A sample that fails ngspice's ``op`` and the homotopies of
 :data:`~.jobs.HOMOTOPIES` (retried where the job runs) gets one last try from
@@ -42,7 +47,8 @@ from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_bran
 from .dask_engine import DaskEngine, check_scheduler_address
 from .deckedit import with_nodeset
 from .engines import Engine, LocalEngine
-from .jobs import DEFAULT_CHUNK, METHODS, SWEEP_MIN_SAMPLES, WARM_START, DeckJob, JobResult
+from .jobs import (METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult, cache_friendly_order,
+                   chunk_size, input_key)
 from .pool import PoolEngine
 from .reference import ReferenceBackend
 from .session import digest
@@ -55,25 +61,26 @@ class NgspiceBackend(Backend):
         reduced: use the Norton-reduced deck (source currents are then computed
             from the node voltages and ``G_1``, exactly as the reference does).
             Ignored for circuits with wire resistance: their physical crossbar deck is solved.
-        method: ``auto`` (DC sweep for chunks of >= 4 samples, else alter+op),
-            ``op`` or ``sweep`` (see :mod:`.jobs`).
+        method: ``auto`` (resident transient for chunks of >= 2 samples, else alter+op),
+            ``op``, ``sweep`` or ``tran`` (see :mod:`.jobs`).
         workers: number of local worker processes (1: solve in this process).
         scheduler: address of a Dask distributed scheduler (``tcp://host:port``),
             or a ``distributed.Client``; jobs then run on its workers.
-        chunk: samples per job (fixed, so results do not depend on ``workers``).
+        chunk: samples per job; None: :func:`~.jobs.chunk_size` of each request. Never
+            derived from ``workers``, so results do not depend on it.
         measure: record ngspice's own analysis time (``self.analysis_s``).
     """
 
     name = "ngspice"
 
     def __init__(self, reduced: bool = False, method: str = "auto", workers: int = 1, scheduler=None,
-                 chunk: int = DEFAULT_CHUNK, measure: bool = False):
+                 chunk: int | None = None, measure: bool = False):
         if method not in METHODS:
             raise SpecError(f"ngspice method: unknown {method!r}; valid methods are {', '.join(METHODS)}")
         if not (isinstance(workers, int) and workers >= 1):
             raise SpecError(f"--workers: {workers!r}; an integer >= 1")
-        if not (isinstance(chunk, int) and chunk >= 1):
-            raise SpecError(f"chunk: {chunk!r}; an integer >= 1 (samples per ngspice job)")
+        if chunk is not None and not (isinstance(chunk, int) and chunk >= 1):
+            raise SpecError(f"chunk: {chunk!r}; an integer >= 1 (samples per ngspice job), or None")
         if scheduler is not None and workers > 1:
             raise SpecError(f"--scheduler and --workers {workers}: give one of them; the Dask cluster's "
                             f"workers do the solves with --scheduler, --workers N starts N local processes")
@@ -86,6 +93,8 @@ class NgspiceBackend(Backend):
         self._convergence: Counter = Counter()
         self._engine = None
         self._decks: list[tuple[BlockCircuit, float, str, str]] = []
+        self._norton: tuple[BlockCircuit | None, dict[bytes, np.ndarray]] = (None, {})
+        self._last_inputs: bytes | None = None       # input columns of the last job run (cache_friendly_order)
 
     # engines are created on first use and kept (a pool keeps its workers and their circuits)
     @property
@@ -118,7 +127,7 @@ class NgspiceBackend(Backend):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_engine"], state["_decks"] = None, []
+        state["_engine"], state["_decks"], state["_norton"] = None, [], (None, {})
         return state
 
     def deck_for(self, circuit: BlockCircuit, nudge: Nudge | None) -> str:
@@ -152,10 +161,11 @@ class NgspiceBackend(Backend):
         reduced = self._reduced(circuit)
         if reduced:
             names += [norton_source_name(j) for j in range(circuit.layer_sizes[1])]
-            columns.append(norton_currents_a(g1, v_src))
+            columns.append(self._norton_currents(circuit, g1, v_src))
         else:
             names += source_names(n0)
             columns.append(v_src)
+        inputs = len(names)
         names += [nudge_source_name(j) for j in range(circuit.n_outputs)]
         if nudge is not None and nudge.currents_a is not None:
             columns.append(nudge.currents_a.detach().to(torch.float64).numpy())
@@ -168,13 +178,32 @@ class NgspiceBackend(Backend):
         vectors = tuple(nodes + ([] if reduced else [f"{name}#branch" for name in source_names(n0)]))
         deck, dg = self._deck(circuit, nudge)
         jobs = []
-        for start in range(0, B, self.chunk):
-            part = values[start:start + self.chunk]
+        size = self.chunk or chunk_size(B)
+        for start in range(0, B, size):
+            part = values[start:start + size]
             method = self.method
             if method == "auto":
-                method = "sweep" if part.shape[0] >= SWEEP_MIN_SAMPLES else "op"
-            jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure))
+                method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
+            jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure, inputs))
         return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
+
+    def _norton_currents(self, circuit: BlockCircuit, g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
+        """:func:`~ffebm_sim.netlist.norton_currents_a` of each row of ``v_src``, remembered per row
+        for the last circuit: EP's nudged request repeats the free phase's inputs twice, and each
+        row's currents depend only on the row (a fixed summation order), so a remembered row is
+        the same bits as a computed one."""
+        last, rows = self._norton
+        if last is not circuit:
+            rows = {}
+            self._norton = (circuit, rows)
+        keys = [row.tobytes() for row in v_src]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in rows}.values())
+        if todo:
+            for i, currents in zip(todo, norton_currents_a(g1, v_src[todo])):
+                rows[keys[i]] = currents
+        if len(rows) > 4096:                       # a batch's worth is what is reused
+            self._norton = (circuit, {k: rows[k] for k in keys})
+        return np.stack([rows[k] for k in keys]) if keys else np.empty((0, g1.shape[1]))
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
               start: torch.Tensor | None = None) -> Equilibrium:
@@ -199,11 +228,25 @@ class NgspiceBackend(Backend):
         from the reference solver's answer here; counts what rescued each sample. The jobs'
         vectors may be any (e.g. every source's branch current); the warm start only needs
         the free nodes to be the deck's."""
-        results = self.engine.run(jobs) if jobs else []
+        results = self._run_in_cache_order(jobs)
         results = self._warm_start_failed(circuit, u, nudge, jobs, results, free_node_names(circuit))
         for r in results:
             self._convergence.update(how for how in r.rescued if how)
             self._convergence["failed"] += sum(1 for m in r.messages if m)
+        return results
+
+    def _run_in_cache_order(self, jobs: list[DeckJob]) -> list[JobResult]:
+        """The engine's results of ``jobs`` in job order, the jobs run in
+        :func:`~.jobs.cache_friendly_order` (EP's phases repeat a chunk's inputs: a resident
+        circuit that just solved them keeps their PWLs). The answers do not depend on the order."""
+        if not jobs:
+            return []
+        order = cache_friendly_order(jobs, self._last_inputs)
+        ran = self.engine.run([jobs[k] for k in order])
+        self._last_inputs = input_key(jobs[order[-1]])
+        results: list = [None] * len(jobs)
+        for k, r in zip(order, ran):
+            results[k] = r
         return results
 
     def _warm_start_failed(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None,

@@ -16,6 +16,19 @@ plots are destroyed (every analysis otherwise adds a plot to ngspice's memory);
 cleared every :data:`HISTORY_EVERY` commands. Every command stays below
 ngspice's 1024-character limit (:data:`MAX_COMMAND_CHARS`).
 
+**A transient on a grid of samples** (:meth:`NgspiceSession.tran_samples`):
+``tran 1 n-1`` of a resident deck whose sources are PWLs with a corner per
+sample at ``t = 0, 1, ..., n-1``. Left to itself ngspice cuts the step to a
+tenth of the gap after every breakpoint (every PWL corner), about four time
+points per sample. The shared library's synchronisation callback
+(``GetSyncData`` of ``ngSpice_Init_Sync``, asked before every time step) sets
+the next step to end on the next integer, so the accepted time points are the
+samples and nothing else. When a point does not converge, ngspice backs off
+(step / 8) and the callback lets it: the extra points are a continuation from
+the previous sample, and the step after them again ends on the integer. The
+callback acts only while :meth:`~NgspiceSession.tran_samples` runs; other
+transients keep ngspice's own step control.
+
 One libngspice per process (:func:`session`), used from one thread at a time:
 callers hold :attr:`NgspiceSession.lock`.
 """
@@ -25,6 +38,7 @@ from __future__ import annotations
 import ctypes.util
 import hashlib
 import logging
+import math
 import os
 import threading
 
@@ -82,6 +96,9 @@ class NgspiceSession:
         self._lib = self._ng._ngspice_shared
         self.loaded_hash: str | None = None
         self.values: dict[str, float] = {}
+        self.pwl: dict[str, tuple[float, ...]] = {}
+        self._grid = False                # tran_samples running: the sync callback puts steps on integers
+        self._sync_c = None
         self.lock = threading.Lock()
         self.commands = 0
         self.solves = 0
@@ -141,6 +158,7 @@ class NgspiceSession:
         self._send("remcirc")
         self.loaded_hash = None
         self.values = {}
+        self.pwl = {}
 
     def load(self, deck: str, deck_digest: str | None = None, keep_stats: bool = False) -> None:
         """Load ``deck`` unless it is the one already loaded (``remcirc`` the old one first);
@@ -180,6 +198,16 @@ class NgspiceSession:
             self._send(f"alter {element} dc = {value!r}")
             self.values[element] = value
 
+    def set_pwl(self, element: str, command: str, key: tuple[float, ...]) -> None:
+        """Send ``command`` (an ``alter @element[pwl] = [...]``) and remember that the loaded
+        circuit's ``element`` holds the values ``key`` (:attr:`pwl`, so callers skip repeats);
+        :class:`NgspiceDeckError` when ngspice refuses it."""
+        self.pwl.pop(element, None)
+        printed = self.command(command)
+        if "rror" in printed:
+            raise NgspiceDeckError(f"ngspice refused {command[:60]}...: " + " ".join(printed.split())[:200])
+        self.pwl[element] = key
+
     def set_options(self, command: str) -> None:
         """An ngspice ``option ...`` command on the loaded circuit (it stays until the circuit is reloaded)."""
         if not command.startswith("option "):
@@ -200,6 +228,39 @@ class NgspiceSession:
         """``tran t_step t_stop 0 t_step uic`` (from the ``.ic`` state); '' on success or the failure text."""
         self.solves += 1
         return failure(self.command(f"tran {t_step_s!r} {t_stop_s!r} 0 {t_step_s!r} uic"), "tran")
+
+    def tran_samples(self, n: int) -> str:
+        """``tran 1 n-1 0 1`` with accepted time points exactly on ``0, 1, ..., n-1`` (see the
+        module docstring) plus any continuation points ngspice inserts where a step failed;
+        '' on success or the failure text. ``n >= 2``."""
+        if n < 2:
+            raise ValueError("tran_samples: at least 2 samples (one sample is an op)")
+        self._install_sync()
+        self.solves += n
+        self._grid = True
+        try:
+            return failure(self.command(f"tran 1 {n - 1} 0 1"), "tran")
+        finally:
+            self._grid = False
+
+    def _install_sync(self) -> None:
+        """Register the synchronisation callback (once), keeping PySpice's source callbacks."""
+        if self._sync_c is not None:
+            return
+        self._sync_c = self._ffi.callback("int (double, double *, double, int, int, int, void *)", self._on_sync)
+        ng = self._ng
+        rc = self._lib.ngSpice_Init_Sync(getattr(ng, "_get_vsrc_data_c", self._null),
+                                         getattr(ng, "_get_isrc_data_c", self._null), self._sync_c,
+                                         getattr(ng, "_ngspice_id", self._null), getattr(ng, "_self_c", self._null))
+        if rc:
+            raise NgspiceUnavailable(f"ngSpice_Init_Sync returned {rc}")
+
+    def _on_sync(self, time_s, delta, old_delta, redo, ident, location, user) -> int:
+        """ngspice's ``GetSyncData``: before a step from ``time_s`` (an accepted point), make the
+        step end on the next integer; after a failed step (``redo``) keep ngspice's smaller step."""
+        if self._grid and not redo:
+            delta[0] = (math.floor(time_s) + 1.0) - time_s
+        return 0
 
     # -- vectors ----------------------------------------------------------------------------
     def read(self, names: list[str]) -> np.ndarray | None:

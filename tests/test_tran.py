@@ -1,0 +1,171 @@
+"""The resident-circuit transient (method ``tran``): one time point per sample, each a DC
+operating point within 1e-9 V of the reference; a job's answer depends on the job alone
+(bit for bit, whatever the process solved before), and on the other samples of its job
+only within the solver's tolerance."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_block, random_inputs
+from ffebm_sim.backends import Nudge
+from ffebm_sim.backends.deckedit import pwl_command, resident_deck
+from ffebm_sim.backends.jobs import (TRAN_MAX_POINTS, _run_tran, _tran_segments, cache_friendly_order, input_key,
+                                    run_job, sample_rows)
+from ffebm_sim.backends.ngspice import NgspiceBackend
+from ffebm_sim.backends.reference import ReferenceBackend
+from ffebm_sim.backends.session import MAX_COMMAND_CHARS, session
+from ffebm_sim.spec import load_block
+
+
+def _job(c, u, nudge=None, chunk=None, reduced=True):
+    be = NgspiceBackend(reduced=reduced, method="tran", chunk=chunk or len(u))
+    return be.jobs(c, u, nudge)[0][0]
+
+
+def _rusage(key: str) -> int:
+    for line in session().command("rusage all").splitlines():
+        if line.strip().startswith(key):
+            return int(float(line.split("=")[1]))
+    raise AssertionError(f"rusage has no {key!r}")
+
+
+def test_one_accepted_time_point_per_sample_each_an_operating_point():
+    c = load_block("circuits/block_small.toml")
+    u = random_inputs(c, 16, seed=1)
+    nudge = Nudge(currents_a=torch.from_numpy(np.random.default_rng(0).normal(0, 2e-6, (16, c.n_outputs))))
+    job = _job(c, u, nudge)
+    s = session()
+    with s.lock:
+        s.unload()
+        got = _run_tran(s, job)          # None would mean it fell back to op
+        accepted, rejected = _rusage("Accepted timepoints"), _rusage("Rejected timepoints")
+    assert got is not None
+    assert (accepted, rejected) == (16, 0)
+    ref = ReferenceBackend().solve(c, u, nudge)
+    assert np.abs(got.values - ref.node_voltages_v.numpy()).max() <= 1e-9
+
+
+def test_a_failed_step_is_a_continuation_and_the_samples_are_kept():
+    """ngspice 39 gives a time point at least 100 Newton iterations before it backs off (step
+    / 8): then the callback keeps ngspice's step, the next one again ends on the integer,
+    and the inserted points are skipped when the samples are read."""
+    s = session()
+    delta = np.array([0.125])
+    ptr = s._ffi.cast("double *", s._ffi.from_buffer(delta))
+    s._grid = True
+    try:
+        s._on_sync(3.0, ptr, 1.0, 1, 0, 1, None)          # a failed step from t = 3: ngspice's 1/8 stays
+        assert delta[0] == 0.125
+        s._on_sync(3.125, ptr, 0.125, 0, 0, 1, None)      # accepted at 3.125: the next step ends on 4
+        assert 3.125 + delta[0] == 4.0
+        s._on_sync(4.0, ptr, 0.875, 0, 0, 0, None)
+        assert delta[0] == 1.0
+    finally:
+        s._grid = False
+    delta[0] = 0.3
+    s._on_sync(4.0, ptr, 1.0, 0, 0, 0, None)              # other transients: ngspice's own step
+    assert delta[0] == 0.3
+    times = np.array([0.0, 1.0, 1.125, 1.375, 2.0, 3.0])
+    assert sample_rows(times, 4).tolist() == [0, 1, 4, 5]
+    assert sample_rows(np.array([0.0, 1.0, 2.5]), 3) is None
+    assert sample_rows(np.array([0.0, 1.0]), 3) is None
+
+
+def test_a_job_does_not_depend_on_what_the_process_solved_before():
+    """The circuit stays loaded between jobs: a job run after others (other values, another
+    length) gives the bits it gives on a freshly loaded circuit."""
+    c = make_block((6, 5, 3), kind="single", seed=5, bias=True)
+    a = _job(c, random_inputs(c, 8, seed=1), Nudge(currents_a=torch.full((8, 3), 1e-6, dtype=torch.float64)))
+    b = _job(c, random_inputs(c, 5, seed=2), Nudge(currents_a=torch.full((5, 3), -3e-6, dtype=torch.float64)))
+    s = session()
+    with s.lock:
+        s.unload()
+    fresh = run_job(a)
+    run_job(b)
+    again = run_job(a)
+    assert np.array_equal(fresh.values, again.values)
+
+
+def test_a_sample_agrees_within_tolerance_wherever_it_sits():
+    """Sample k starts Newton from sample k-1: its answer depends on its neighbours in the
+    last bits only (op's answers are bit-identical at any position, tests/test_pool.py)."""
+    c = make_block((6, 5, 3), kind="double", seed=8)
+    u = random_inputs(c, 12, seed=4)
+    be = NgspiceBackend(reduced=True, method="tran", chunk=6)
+    forward = be.solve(c, u).node_voltages_v
+    backward = be.solve(c, u.flip(0)).node_voltages_v.flip(0)
+    assert float((forward - backward).abs().max()) <= 1e-9
+
+
+def test_long_chunks_run_as_several_transients():
+    n = 2 * TRAN_MAX_POINTS + 3
+    segments = _tran_segments(n)
+    assert segments[0][0] == 0 and segments[-1][1] == n and all(b == c for (_, b), (c, _) in zip(segments, segments[1:]))
+    assert all(2 <= stop - start <= TRAN_MAX_POINTS for start, stop in segments)
+    c = make_block((4, 3, 2), kind="double", seed=9)
+    u = random_inputs(c, n, seed=5)
+    got = NgspiceBackend(reduced=True, method="tran", chunk=n).solve(c, u)
+    ref = ReferenceBackend().solve(c, u)
+    assert got.ok and float((got.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9
+
+
+def test_pwl_command_carries_exact_values_and_fits_ngspice():
+    values = [0.1, 0.30000000000000004, -1 / 3]
+    assert pwl_command("in1_0", values) == "alter @in1_0[pwl] = [ 0 0.1 1 0.30000000000000004 2 -0.3333333333333333 ]"
+    assert pwl_command("inudge3", [0.0, 0.0]) == "alter @inudge3[pwl] = [ 0 0.0 ]"        # constant: one corner
+    worst = pwl_command("inudge9999", [-1.2345678901234567e-100 * (k + 1) for k in range(TRAN_MAX_POINTS)])
+    assert len(worst) < MAX_COMMAND_CHARS
+
+
+def test_resident_deck_keeps_every_other_card():
+    c = make_block((3, 2, 2), kind="double", seed=0)
+    job = _job(c, random_inputs(c, 2, seed=0))
+    deck, _ = resident_deck(job.deck, job.deck_digest, job.sources)
+    plain = [line for line in job.deck.splitlines() if line.split() and line.split()[0].lower() not in job.sources]
+    resident = deck.splitlines()
+    assert all(line in resident for line in plain)
+    for name in job.sources:
+        card = next(line for line in resident if line.split() and line.split()[0].lower() == name)
+        assert card.endswith("PWL(0 0)")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_auto_takes_the_transient_from_two_samples(n):
+    c = make_block((4, 3, 2), kind="double", seed=1)
+    job = NgspiceBackend(reduced=True, chunk=16).jobs(c, random_inputs(c, n, seed=0), None)[0][0]
+    assert job.method == "tran"
+    one = NgspiceBackend(reduced=True, chunk=16).jobs(c, random_inputs(c, 1, seed=0), None)[0][0]
+    assert one.method == "op"
+
+
+def test_jobs_sharing_their_inputs_run_one_after_another():
+    """EP's nudged request repeats the free phase's inputs: +beta chunk k and -beta chunk k run
+    back to back (first the chunk the process last held), so a resident circuit keeps the input
+    PWLs; the results come back in job order and equal those run in job order."""
+    c = make_block((6, 5, 3), kind="double", seed=10)
+    u = random_inputs(c, 16, seed=6)
+    nudge = Nudge(currents_a=torch.from_numpy(np.random.default_rng(4).normal(0, 2e-6, (32, 3))))
+    be = NgspiceBackend(reduced=True, chunk=8)
+    jobs = be.jobs(c, torch.cat([u, u]), nudge)[0]
+    assert cache_friendly_order(jobs) == [0, 2, 1, 3]
+    assert cache_friendly_order(jobs, first=input_key(jobs[1])) == [1, 3, 0, 2]
+    s = session()
+    in_order = [run_job(j) for j in jobs]
+    with s.lock:
+        commands = s.commands
+    got = be.run_jobs(c, torch.cat([u, u]), nudge, jobs)
+    with s.lock:
+        alters = s.commands - commands
+    for a, b in zip(in_order, got):
+        assert np.array_equal(a.values, b.values)
+    # the last job run held chunk 1's inputs: chunk 1's two jobs need only the nudge PWLs, chunk 0's both
+    assert alters < 4 * len(jobs[0].sources)
+
+
+def test_jobs_are_32_samples_when_a_request_still_makes_two_of_them():
+    c = make_block((4, 3, 2), kind="double", seed=1)
+    be = NgspiceBackend(reduced=True)
+    for n, sizes in ((32, [16, 16]), (63, [16, 16, 16, 15]), (64, [32, 32]), (100, [32, 32, 32, 4])):
+        assert [j.values.shape[0] for j in be.jobs(c, random_inputs(c, n, seed=0), None)[0]] == sizes
+    assert [j.values.shape[0] for j in NgspiceBackend(reduced=True, chunk=8).jobs(c, random_inputs(c, 20), None)[0]] == [8, 8, 4]
