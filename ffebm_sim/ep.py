@@ -33,7 +33,7 @@ by ``2*beta_s`` give ``dl_b/dtheta``; ``beta_s = beta_v * g_out / max|V - y|``.
 mismatch the hardware conducts ``G*f`` (``f`` the element's factor), so
 ``dE/dG = f * dV**2 / 2``. With wire resistance (crossbars) ``dV`` is the drop
 across the device between its own cross-point nodes, not between the line
-ends: :func:`~ffebm_sim.backends.reference.crossbar_drops` recovers it exactly
+ends: :func:`~ffebm_sim.crossbar.crossbar_drops` recovers it exactly
 from the terminal (free-node and source) voltages of either backend, the
 crossbar's internal nodes being linear. Source partials stay the currents the
 sources deliver.
@@ -65,9 +65,9 @@ import numpy as np
 import torch
 
 from .backends.base import Backend, Equilibrium, Nudge, source_voltages
-from .amplifier import back_current, drive_voltage
-from .backends.reference import DTYPE, _nonlinear, build_network, crossbar_drops
 from .circuit import BlockCircuit, output_conductance_s
+from .crossbar import crossbar_drops
+from .interactions import DTYPE, layered_network, network
 
 DEFAULT_BETA_V = 1e-3
 
@@ -180,15 +180,12 @@ def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium
             d_bp = [0.5 * drops[k][:, -2, :] ** 2 for k in range(m)]
             d_bn = [0.5 * drops[k][:, -1, :] ** 2 for k in range(m)]
     else:
-        layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, m + 1)]
-        # what drives crossbar k: layer k-1, or its amplifiers' outputs A*x_{k-1}
-        drives = [layers[0]] + [drive_voltage(layers[k - 1], circuit.drive_gain(k)) if circuit.drive_gain(k) != 1.0
-                                else layers[k - 1] for k in range(2, m + 1)]
-        d_g = [0.5 * (drives[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, m + 1)]
+        net = network(circuit)
+        layers = [v_src] + net.layers(x)
+        d_g = [c.conductance_partials(layers[k - 1], layers[k]) for k, c in enumerate(net.couplings, start=1)]
         if circuit.has_bias:
-            vb = circuit.bias_voltage_v
-            d_bp = [0.5 * (layers[k] - vb) ** 2 for k in range(1, m + 1)]
-            d_bn = [0.5 * (layers[k] + vb) ** 2 for k in range(1, m + 1)]
+            d_bp, d_bn = map(list, zip(*(bias.conductance_partials(layers[k])
+                                        for k, bias in enumerate(net.biases, start=1))))
     if circuit.mismatch is not None and circuit.mismatch.conductance_sigma > 0:
         d_g = [d * torch.tensor(circuit.conductance_factors(k)) for k, d in enumerate(d_g, start=1)]
         if circuit.has_bias:
@@ -292,24 +289,12 @@ def kcl_residual(circuit: BlockCircuit, conductances, bias_pos, bias_neg, x: tor
     """The linear (parameter-dependent) part of the KCL residual, differentiable in every argument.
 
     Current leaving each free node through resistors, amplifier inputs (the CCCS
-    draws ``i_out/A``) and bias conductances (A); the nonlinear elements do not
-    depend on the parameters and are left out.
+    draws ``i_out/A``) and bias conductances (A): ``r_lin`` of
+    :mod:`ffebm_sim.interactions`, built from the given *actual* conductances (no
+    wires); the nonlinear elements do not depend on the parameters and are left out.
     """
-    layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
-    r = [torch.zeros_like(layers[k]) for k in range(circuit.depth + 1)]
-    for k in range(1, circuit.depth + 1):
-        g = conductances[k - 1]
-        gain = circuit.drive_gain(k)
-        drive = layers[k - 1] if gain == 1.0 else drive_voltage(layers[k - 1], gain)
-        r[k] = r[k] + layers[k] * g.sum(0) - drive @ g
-        if k >= 2:
-            i_out = drive * g.sum(1) - layers[k] @ g.T       # into crossbar k from layer k-1 (or its amplifiers)
-            r[k - 1] = r[k - 1] + (i_out if gain == 1.0 else back_current(i_out, gain))
-    if bias_pos is not None:
-        vb = circuit.bias_voltage_v
-        for k in range(1, circuit.depth + 1):
-            r[k] = r[k] + layers[k] * (bias_pos[k - 1] + bias_neg[k - 1]) - (bias_pos[k - 1] - bias_neg[k - 1]) * vb
-    return torch.cat(r[1:], dim=1)
+    bias = None if bias_pos is None else (bias_pos, bias_neg)
+    return layered_network(circuit, conductances=conductances, bias=bias).linear_currents(x, v_src)
 
 
 def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equilibrium,
@@ -317,10 +302,10 @@ def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equili
     """Exact dL/dtheta of the circuit at the (reference) equilibrium ``free``."""
     inputs = inputs.to(DTYPE)
     x = free.node_voltages_v.to(DTYPE)
-    net = build_network(circuit, ideal_as_clip=True)
-    _, df, _ = _nonlinear(net, x)
+    net = network(circuit, ideal_as_clip=True)
+    _, df, _ = net.nonlinear(x)
     B, N = x.shape
-    J = net.laplacian + torch.diag_embed(df)
+    J = net.dense_laplacian() + torch.diag_embed(df)
     g = torch.zeros(B, N, dtype=DTYPE)
     g[:, net.out_slice] = delta.to(DTYPE)
     if net.has_bounds:
@@ -375,7 +360,7 @@ def _implicit_crossbar(circuit: BlockCircuit, inputs: torch.Tensor, x: torch.Ten
         f = [circuit.bias_factors(k) for k in range(1, m + 1)]
         bp = [prod[k][-2] * torch.tensor(f[k][0]) for k in range(m)]
         bn = [prod[k][-1] * torch.tensor(f[k][1]) for k in range(m)]
-    # dL/dV_src = -lambda^T dr/dV_src, r = L x - v_src @ src_coupling - ...
-    d_vsrc = lam @ net.src_coupling.T
+    # dL/dV_src = -lambda^T dr/dV_src; the sources drive layer 1 only: dr_1/dV_src = -forward^T
+    d_vsrc = lam[:, net.slices[0]] @ net.couplings[0].forward.T
     n0 = circuit.n_inputs
     return BlockGradients(g, bp, bn, circuit.input_gain_v * (d_vsrc[:, :n0] - d_vsrc[:, n0:]))

@@ -1,0 +1,454 @@
+"""The physics of an energy block as interactions between its layers, each term written once.
+
+Every solver (:mod:`ffebm_sim.backends.reference`, dense and layered), EP's energy
+partials and the implicit gradient (:mod:`ffebm_sim.ep`) and the settling analysis
+(:mod:`ffebm_sim.analyze.settling`) use these objects; no other module writes a
+KCL, bias or drop term.
+
+Unknowns are the free-node voltages ``x = [x_1 | ... | x_m]`` (layers 1..m, V).
+The current leaving every free node (A) is
+
+    r(x) = r_lin(x) + f(x),      r_lin(x) = L x - b,
+
+a sum over the block's interactions, as in rain's energy-based-learning
+(``DenseResistive``): each owns its energy term, the currents it draws out of
+the nodes it touches (the gradient of that term) and its parameter gradient.
+
+* :class:`Coupling`, crossbar k between its row drivers ``v`` (the input
+  sources ``[+a*u, -a*u]`` for k = 1, else layer k-1 or the amplifier outputs
+  ``A*x_{k-1}``, :mod:`ffebm_sim.amplifier`) and its columns ``x_k``. Without
+  wires its devices have the *actual* conductances ``G`` (mismatch factors
+  applied), the drop across device ``(i, j)`` is ``A v_i - x_j`` and its energy
+  ``G_ij * drop**2 / 2`` (J); the currents are
+
+      leaving column j:      x_j * sum_i G_ij - sum_i G_ij * A v_i
+      leaving row driver i:  (A v_i * sum_j G_ij - sum_j G_ij x_j) / A   (the CCCS draws i_out / A)
+
+  With wire resistance the crossbar is its exact Kron reduction
+  (:mod:`ffebm_sim.crossbar`): the same form with dense self blocks and the bias
+  rails' constant currents.
+* :class:`Bias`, layer k's conductances ``g_+``, ``g_-`` to the rails ``+-V_b``:
+  drops ``x - V_b`` and ``x + V_b``, energy ``g * drop**2 / 2``.
+* the nonlinear groups (:class:`DiodeGroup`, :class:`PwlGroup`, the hard bounds of
+  an ``ideal`` layer), with the laws of :mod:`ffebm_sim.devices`.
+
+Layers are bipartite (no conductance inside a layer, wires aside), so ``L`` is
+block tridiagonal: per layer a *self* block (a diagonal, kept as a vector; a dense
+matrix with wires) and between adjacent layers the coupling blocks ``-forward^T``
+(``dr_k/dx_{k-1}``) and ``-backward`` (``dr_{k-1}/dx_k``). ``r_lin`` is evaluated
+from these blocks, never from a dense ``L`` (:meth:`LayeredNetwork.dense_laplacian`
+builds one for dense solvers and eigenvalue analyses).
+
+**Amplifiers** make ``L`` unsymmetric; the layer weights ``w_k``
+(``BlockCircuit.domain_weights``) make ``W L`` symmetric and ``W r`` the gradient
+of the weighted co-content
+
+    E_w(x) = x^T (W L) x / 2 - (W b)^T x + sum_i w_i C_i(x)
+           = sum_i w_i x_i (r_lin,i(x) - b_i) / 2 + sum_i w_i C_i(x),
+
+(:meth:`LayeredNetwork.energy`), convex, minimised at the operating point.
+Without amplifiers ``W = I``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .amplifier import back_current, drive_voltage
+from .circuit import BlockCircuit, clamp_diode_voltage, clamp_node_current
+from .crossbar import crossbars
+from .devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
+                      pwl_current_and_conductance)
+
+DTYPE = torch.float64
+
+
+def _tensor(array) -> torch.Tensor:
+    """A float64 tensor copy of a (read-only) circuit array."""
+    return torch.from_numpy(np.array(array, dtype=np.float64))
+
+
+def _self_times(v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """``v`` times a self block: elementwise for a diagonal (vector), a product for a dense block."""
+    return v * block if block.dim() == 1 else v @ block
+
+
+# ---- the linear interactions -------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Coupling:
+    """Crossbar k: rows (its drivers, ``v``: sources or layer k-1) to columns (layer k, ``x``).
+
+    Attributes (tensors, S):
+        k: the crossbar (1..m).
+        self_rows: ``(rows,)`` or ``(rows, rows)``: ``d(row currents)/dv``.
+        self_cols: ``(cols,)`` or ``(cols, cols)``: ``d(column currents)/dx``.
+        forward: ``(rows, cols)``: column currents ``-= v @ forward``.
+        backward: ``(rows, cols)``: row currents ``-= x @ backward^T``.
+        constants: ``(rows,)``, ``(cols,)`` constant currents (the bias rails, with wires), or None.
+        g: the device conductances ``(rows, cols)`` (without wires), for the drops.
+        gain: the drive gain ``A`` (1.0 without an amplifier).
+    """
+
+    k: int
+    self_rows: torch.Tensor
+    self_cols: torch.Tensor
+    forward: torch.Tensor
+    backward: torch.Tensor
+    constants: tuple[torch.Tensor, torch.Tensor] | None = None
+    g: torch.Tensor | None = None
+    gain: float = 1.0
+
+    def row_currents(self, v: torch.Tensor, x: torch.Tensor, constant: bool = True) -> torch.Tensor:
+        """``(B, rows)``: current each row driver sends into the crossbar (A); for k = 1 the
+        current each input source delivers into the network. ``constant=False``: without
+        the rails' constant currents."""
+        i = _self_times(v, self.self_rows) - x @ self.backward.T
+        return i if self.constants is None or not constant else i + self.constants[0]
+
+    def col_currents(self, v: torch.Tensor | None, x: torch.Tensor, constant: bool = True) -> torch.Tensor:
+        """``(B, cols)``: current leaving each column node into the crossbar (A). ``v = None``:
+        the rows at 0 V; ``constant=False``: without the rails' constant currents."""
+        i = _self_times(x, self.self_cols)
+        if v is not None:
+            i = i - v @ self.forward
+        return i if self.constants is None or not constant else i + self.constants[1]
+
+    def drops(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(B, rows, cols)`` voltage across each device (V): ``A v_i - x_j``. Without wires."""
+        drive = v if self.gain == 1.0 else drive_voltage(v, self.gain)
+        return drive[:, :, None] - x[:, None, :]
+
+    def conductance_partials(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(B, rows, cols)`` ``dE/dG_ij = drop**2 / 2`` (V^2) of the actual conductances."""
+        return 0.5 * self.drops(v, x) ** 2
+
+    def to(self, device) -> "Coupling":
+        move = lambda t: None if t is None else t.to(device)
+        constants = None if self.constants is None else tuple(move(c) for c in self.constants)
+        return Coupling(self.k, move(self.self_rows), move(self.self_cols), move(self.forward), move(self.backward),
+                        constants, move(self.g), self.gain)
+
+
+def plain_coupling(k: int, g: torch.Tensor, gain: float = 1.0) -> Coupling:
+    """Crossbar k without wires from its actual conductances ``g`` (rows, cols); differentiable in ``g``.
+
+    The rows see ``A v`` (the VCVS, :func:`~ffebm_sim.amplifier.drive_voltage`); of the current
+    ``i_out`` they deliver, the CCCS draws ``i_out / A`` out of layer k-1
+    (:func:`~ffebm_sim.amplifier.back_current`): the terms of the module docstring.
+    """
+    return Coupling(k, g.sum(1), g.sum(0), drive_voltage(g, gain), back_current(g, gain), g=g, gain=gain)
+
+
+def wired_coupling(k: int, xb, n_rows: int, rail_v: torch.Tensor | None) -> Coupling:
+    """Crossbar k with wires from its Kron reduction ``xb`` (:class:`~ffebm_sim.crossbar.Crossbar`):
+    ``n_rows`` real drivers, then (with a bias) the two rail rows at ``rail_v`` = ``[+V_b, -V_b]``."""
+    y = torch.from_numpy(xb.y)
+    d, c = slice(0, n_rows), slice(xb.rows, xb.rows + xb.cols)
+    constants = None
+    if rail_v is not None:
+        rails = slice(n_rows, xb.rows)
+        constants = (y[d, rails] @ rail_v, y[c, rails] @ rail_v)
+    return Coupling(k, y[d, d].contiguous(), y[c, c].contiguous(), -y[d, c].contiguous(), -y[d, c].contiguous(),
+                    constants)
+
+
+@dataclass(frozen=True, eq=False)
+class Bias:
+    """Layer k's bias conductances ``g_pos`` to ``+V_b`` and ``g_neg`` to ``-V_b`` (actual, S)."""
+
+    k: int
+    g_pos: torch.Tensor
+    g_neg: torch.Tensor
+    rail_v: float
+
+    def drops(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The voltages across the two conductances (V): ``x - V_b``, ``x + V_b``."""
+        return x - self.rail_v, x + self.rail_v
+
+    @property
+    def self_block(self) -> torch.Tensor:
+        return self.g_pos + self.g_neg
+
+    def currents(self, x: torch.Tensor, constant: bool = True) -> torch.Tensor:
+        """``(B, n)`` current leaving each node through its bias conductances (A):
+        ``g_pos (x - V_b) + g_neg (x + V_b)``; ``constant=False``: the rails at 0 V."""
+        i = self.self_block * x
+        return i - (self.g_pos - self.g_neg) * self.rail_v if constant else i
+
+    def conductance_partials(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dE/dg_pos``, ``dE/dg_neg`` = drop**2 / 2 (V^2)."""
+        up, down = self.drops(x)
+        return 0.5 * up ** 2, 0.5 * down ** 2
+
+    def to(self, device) -> "Bias":
+        return Bias(self.k, self.g_pos.to(device), self.g_neg.to(device), self.rail_v)
+
+
+# ---- the nonlinear elements ----------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class DiodeGroup:
+    """Clamp diodes of one orientation in one layer (:func:`~ffebm_sim.circuit.clamp_diode_voltage`)."""
+
+    nodes: torch.Tensor      # free-node indices
+    rail_v: float            # the rail's potential
+    upward: bool             # True: node -> rail (clamps from above); False: rail -> node
+    model: DiodeModel        # the nominal junction (27 C, no mismatch)
+    isat: torch.Tensor       # (len(nodes),) IS at the circuit temperature, per diode (A)
+    vte: torch.Tensor        # (len(nodes),) N*Vt at the circuit temperature, per diode (V)
+
+    def to(self, device) -> "DiodeGroup":
+        return DiodeGroup(self.nodes.to(device), self.rail_v, self.upward, self.model, self.isat.to(device),
+                          self.vte.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class PwlGroup:
+    nodes: torch.Tensor
+    table: object
+
+    def to(self, device) -> "PwlGroup":
+        return PwlGroup(self.nodes.to(device), self.table)
+
+
+def nonlinear_groups(circuit: BlockCircuit, ideal_as_clip: bool = True):
+    """``(diodes, pwls, lower, upper)``: the nonlinear groups and the hard bounds (``-inf``/``inf``
+    where none) of every free node. ``ideal_as_clip``: an ``ideal`` layer is the hard clip
+    ``-v_off <= x <= v_off`` (True) or the steep diode pair its deck contains (False)."""
+    n = circuit.n_free
+    lower = torch.full((n,), -torch.inf, dtype=DTYPE)
+    upper = torch.full((n,), torch.inf, dtype=DTYPE)
+    diodes, pwls = [], []
+    for k in range(1, circuit.depth + 1):
+        nl = circuit.layer_nonlinearity(k)
+        if nl is None:
+            continue
+        s = circuit.layer_slice(k)
+        idx = torch.arange(s.start, s.stop)
+        if nl.kind == "pwl":
+            pwls.append(PwlGroup(idx, nl.table))
+            continue
+        if nl.kind == "ideal" and ideal_as_clip:
+            lower[idx], upper[idx] = -nl.v_off_v, nl.v_off_v
+            continue
+        model = DiodeModel(nl.emitted_diode.saturation_current_a, nl.emitted_diode.emission_coefficient, circuit.gmin_s)
+        params = circuit.diode_parameters(k, nl)
+        size = circuit.layer_sizes[k]
+        for col, (mask, upward) in enumerate(((nl.clamps_up(size), True), (nl.clamps_down(size), False))):
+            if mask.any():
+                diodes.append(DiodeGroup(idx[torch.from_numpy(mask)], nl.clamp_rail_v(upward), upward, model,
+                                         torch.from_numpy(np.ascontiguousarray(params["is_t"][mask, col])),
+                                         torch.from_numpy(np.ascontiguousarray(params["vte"][mask, col]))))
+    return tuple(diodes), tuple(pwls), lower, upper
+
+
+# ---- the network ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class LayeredNetwork:
+    """A block's interactions over the free-node vector (module docstring).
+
+    Attributes:
+        sizes: ``(n_1, ..., n_m)``; slices: each layer's slice of the free-node vector.
+        couplings: crossbar k at index k-1; biases: layer k's :class:`Bias` (None without, or
+            with wires, where the rails are rows of the crossbars).
+        layer_weights: ``(m,)`` the domain weights ``w_k`` (all 1 without amplifiers).
+        diodes, pwls, lower, upper: the nonlinear groups and the hard bounds.
+    """
+
+    sizes: tuple[int, ...]
+    slices: tuple[slice, ...]
+    couplings: tuple[Coupling, ...]
+    biases: tuple[Bias | None, ...]
+    layer_weights: torch.Tensor
+    diodes: tuple[DiodeGroup, ...]
+    pwls: tuple[PwlGroup, ...]
+    lower: torch.Tensor
+    upper: torch.Tensor
+    amplified: bool = False
+    wires: bool = False
+
+    @property
+    def n_free(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def out_slice(self) -> slice:
+        return self.slices[-1]
+
+    @property
+    def has_bounds(self) -> bool:
+        return bool(torch.isfinite(self.lower).any())
+
+    @property
+    def device(self):
+        return self.lower.device
+
+    @property
+    def node_weights(self) -> torch.Tensor | None:
+        """``(N,)`` every free node's domain weight, None when all are 1."""
+        if not self.amplified:
+            return None
+        return torch.repeat_interleave(self.layer_weights, torch.tensor(self.sizes, device=self.device))
+
+    def weighted(self, r: torch.Tensor) -> torch.Tensor:
+        """``W r`` for ``(..., N)`` node quantities (currents -> gradient of ``E_w``)."""
+        w = self.node_weights
+        return r if w is None else r * w
+
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[:, s] for s in self.slices]
+
+    # -- the linear part, from the interactions --
+
+    def self_blocks(self) -> list[torch.Tensor]:
+        """Per layer, the self block of ``L``: ``(n_k,)`` (a diagonal) or ``(n_k, n_k)`` with wires."""
+        out = []
+        for k in range(1, self.depth + 1):
+            block = self.couplings[k - 1].self_cols
+            if k < self.depth:
+                block = block + self.couplings[k].self_rows
+            if self.biases[k - 1] is not None:
+                bias = self.biases[k - 1].self_block
+                block = block + (bias if block.dim() == 1 else torch.diag(bias))
+            out.append(block)
+        return out
+
+    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None) -> list[torch.Tensor]:
+        """Per layer, ``(B, n_k)`` the current the linear interactions draw out of its nodes (A):
+        ``r_lin`` of the module docstring, the input sources at ``v_src`` and the rails at their
+        voltages; ``v_src = None``: ``L x`` alone (sources and rails at 0 V)."""
+        constant = v_src is not None
+        drivers = [v_src] + x_layers[:-1]
+        r = [c.col_currents(v, x, constant) for c, v, x in zip(self.couplings, drivers, x_layers)]
+        for k in range(2, self.depth + 1):
+            r[k - 2] = r[k - 2] + self.couplings[k - 1].row_currents(x_layers[k - 2], x_layers[k - 1], constant)
+        for k, bias in enumerate(self.biases):
+            if bias is not None:
+                r[k] = r[k] + bias.currents(x_layers[k], constant)
+        return r
+
+    def linear_currents(self, x: torch.Tensor, v_src: torch.Tensor | None) -> torch.Tensor:
+        """``(B, N)`` ``r_lin(x) = L x - b`` (A); ``v_src = None``: ``L x``."""
+        return torch.cat(self.layer_currents(self.layers(x), v_src), 1)
+
+    def fixed_currents(self, v_src: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` ``b = -r_lin(0)``: the currents the sources and rails push into the free nodes (A)."""
+        return -self.linear_currents(torch.zeros(v_src.shape[0], self.n_free, dtype=v_src.dtype,
+                                                 device=v_src.device), v_src)
+
+    def source_currents(self, v_src: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 2*n0)`` current each input source delivers into the network (A)."""
+        return self.couplings[0].row_currents(v_src, x[:, self.slices[0]])
+
+    def dense_laplacian(self) -> torch.Tensor:
+        """``(N, N)`` the KCL matrix ``L`` assembled from the blocks (symmetric without amplifiers)."""
+        n = self.n_free
+        L = torch.zeros(n, n, dtype=DTYPE, device=self.device)
+        for k, (s, block) in enumerate(zip(self.slices, self.self_blocks()), start=1):
+            L[s, s] += torch.diag(block) if block.dim() == 1 else block
+            if k >= 2:
+                c, p = self.couplings[k - 1], self.slices[k - 2]
+                L[p, s] -= c.backward
+                L[s, p] -= c.forward.T
+        return L
+
+    # -- the nonlinear part --
+
+    def nonlinear(self, x: torch.Tensor, energy: bool = False):
+        """``f(x)``, ``f'(x)`` (physical currents, A and S) and, when ``energy``, the co-content
+        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J)."""
+        f = torch.zeros_like(x)
+        df = torch.zeros_like(x)
+        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        w = self.node_weights
+
+        def weighted(c, nodes):
+            return c if w is None else c * w[nodes]
+        for g in self.diodes:
+            xv = x[:, g.nodes]
+            vd = clamp_diode_voltage(xv, g.rail_v, g.upward)
+            i, gd = junction_current_and_conductance(vd, g.isat, g.vte, g.model.gmin_s)
+            f[:, g.nodes] += clamp_node_current(i, g.upward)
+            df[:, g.nodes] += gd
+            if energy:
+                e = e + weighted(junction_cocontent(vd, g.isat, g.vte, g.model.gmin_s), g.nodes).sum(1)
+        for g in self.pwls:
+            xv = x[:, g.nodes]
+            i, gd = pwl_current_and_conductance(xv, g.table)
+            f[:, g.nodes] += i
+            df[:, g.nodes] += gd
+            if energy:
+                e = e + weighted(pwl_cocontent(xv, g.table), g.nodes).sum(1)
+        return f, df, e
+
+    def energy(self, x: torch.Tensor, r_lin: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` the weighted co-content ``E_w`` (J) at ``x``, given ``r_lin = L x - b`` there
+        (nudge terms included in both) and ``b``: ``sum w x (r_lin - b) / 2 + sum w C(x)``."""
+        _, _, e = self.nonlinear(x, energy=True)
+        return 0.5 * (self.weighted(x * (r_lin - b))).sum(1) + e
+
+    def to(self, device) -> "LayeredNetwork":
+        """The same network with every tensor on ``device``."""
+        move = lambda items: tuple(None if i is None else i.to(device) for i in items)
+        return LayeredNetwork(self.sizes, self.slices, move(self.couplings), move(self.biases),
+                              self.layer_weights.to(device), move(self.diodes), move(self.pwls),
+                              self.lower.to(device), self.upper.to(device), self.amplified, self.wires)
+
+
+def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductances=None, bias=None) -> LayeredNetwork:
+    """The interactions of ``circuit``.
+
+    ``conductances`` (a list of ``(rows, cols)`` tensors) and ``bias`` (``(pos, neg)`` lists of
+    ``(n_k,)`` tensors): the *actual* conductances to use instead of the circuit's (for
+    differentiating the residual in them; without wires only). Built networks of the
+    circuit's own conductances are cached (:func:`network`).
+    """
+    m = circuit.depth
+    sizes = tuple(circuit.layer_sizes[1:])
+    slices = tuple(circuit.layer_slice(k) for k in range(1, m + 1))
+    biases: list[Bias | None] = [None] * m
+    if circuit.has_wires:
+        vb = circuit.bias_voltage_v
+        rail_v = torch.tensor([vb, -vb], dtype=DTYPE) if circuit.has_bias else None
+        n_rows = [2 * circuit.n_inputs] + list(sizes[:-1])
+        couplings = tuple(wired_coupling(k, xb, n_rows[k - 1], rail_v)
+                          for k, xb in enumerate(crossbars(circuit), start=1))
+    else:
+        if conductances is None:
+            conductances = [_tensor(g) for g in circuit.actual_conductances()]
+        couplings = tuple(plain_coupling(k, g, circuit.drive_gain(k)) for k, g in enumerate(conductances, start=1))
+        if circuit.has_bias:
+            if bias is None:
+                pos, neg = circuit.actual_bias()
+                bias = ([_tensor(p) for p in pos], [_tensor(q) for q in neg])
+            biases = [Bias(k, bias[0][k - 1], bias[1][k - 1], circuit.bias_voltage_v) for k in range(1, m + 1)]
+    diodes, pwls, lower, upper = nonlinear_groups(circuit, ideal_as_clip)
+    return LayeredNetwork(sizes, slices, couplings, tuple(biases), _tensor(circuit.domain_weights()), diodes, pwls,
+                          lower, upper, circuit.has_amplifiers, circuit.has_wires)
+
+
+_NETWORK_CACHE: list[tuple[BlockCircuit, bool, object, LayeredNetwork]] = []
+
+
+def network(circuit: BlockCircuit, ideal_as_clip: bool = True, device=None) -> LayeredNetwork:
+    """:func:`layered_network` of the circuit's own conductances on ``device`` (default CPU),
+    cached for the last few circuits (EP solves one circuit three times, then differentiates it)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    for c, clip, dev, net in _NETWORK_CACHE:
+        if c is circuit and clip == ideal_as_clip and dev == device:
+            return net
+    net = layered_network(circuit, ideal_as_clip)
+    if device.type != "cpu":
+        net = net.to(device)
+    _NETWORK_CACHE.insert(0, (circuit, ideal_as_clip, device, net))
+    del _NETWORK_CACHE[8:]
+    return net
