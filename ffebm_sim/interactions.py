@@ -27,8 +27,9 @@ the nodes it touches (the gradient of that term) and its parameter gradient.
   With wire resistance the crossbar is its exact Kron reduction
   (:mod:`ffebm_sim.crossbar`): the same form with dense self blocks and the bias
   rails' constant currents.
-* :class:`Bias`, layer k's conductances ``g_+``, ``g_-`` to the rails ``+-V_b``:
-  drops ``x - V_b`` and ``x + V_b``, energy ``g * drop**2 / 2``.
+* :class:`Ties`, conductances from a layer's nodes to fixed potentials: layer k's
+  bias ``g_+``, ``g_-`` to the rails ``+-V_b`` (drops ``x - V_b``, ``x + V_b``), the
+  resistive nudge ``beta`` to the targets ``y``; energy ``g * drop**2 / 2``.
 * the nonlinear groups (:class:`DiodeGroup`, :class:`PwlGroup`, the hard bounds of
   an ``ideal`` layer), with the laws of :mod:`ffebm_sim.devices`.
 
@@ -52,7 +53,7 @@ Without amplifiers ``W = I``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -71,9 +72,21 @@ def _tensor(array) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float64))
 
 
-def _self_times(v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-    """``v`` times a self block: elementwise for a diagonal (vector), a product for a dense block."""
-    return v * block if block.dim() == 1 else v @ block
+def _block_row(self_block: torch.Tensor | None, x: torch.Tensor | None, products, constant,
+               absolute: bool = False) -> torch.Tensor:
+    """One block row of ``r_lin``: ``S x - sum_j y_j @ M_j + c`` (A), ``S`` a self block (a vector:
+    elementwise; a matrix: a product; None or ``x`` None: left out), ``products`` the pairs
+    ``(y_j, M_j)`` of the neighbours, ``c`` the constant currents (None: left out). ``absolute``:
+    ``|S| |x| + sum |y_j| @ |M_j|``, the magnitudes of the currents meeting at each node (the
+    convergence test's scale)."""
+    r = 0.0
+    if self_block is not None and x is not None:
+        if absolute:
+            self_block, x = self_block.abs(), x.abs()
+        r = x * self_block if self_block.dim() == 1 else x @ self_block
+    for y, M in products:
+        r = r + y.abs() @ M.abs() if absolute else r - y @ M
+    return r if constant is None or absolute else r + constant
 
 
 # ---- the linear interactions -------------------------------------------------------------
@@ -82,12 +95,15 @@ def _self_times(v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
 class Coupling:
     """Crossbar k: rows (its drivers, ``v``: sources or layer k-1) to columns (layer k, ``x``).
 
+    Its currents (A): leaving the rows ``S_rows v - x @ backward^T + c_rows``, leaving the
+    columns ``S_cols x - v @ forward + c_cols`` (:meth:`LayeredNetwork.layer_currents`).
+
     Attributes (tensors, S):
         k: the crossbar (1..m).
         self_rows: ``(rows,)`` or ``(rows, rows)``: ``d(row currents)/dv``.
         self_cols: ``(cols,)`` or ``(cols, cols)``: ``d(column currents)/dx``.
-        forward: ``(rows, cols)``: column currents ``-= v @ forward``.
-        backward: ``(rows, cols)``: row currents ``-= x @ backward^T``.
+        forward: ``(rows, cols)``: ``-d(column currents)/dv`` transposed.
+        backward: ``(rows, cols)``: ``-d(row currents)/dx``.
         constants: ``(rows,)``, ``(cols,)`` constant currents (the bias rails, with wires), or None.
         g: the device conductances ``(rows, cols)`` (without wires), for the drops.
         gain: the drive gain ``A`` (1.0 without an amplifier).
@@ -101,21 +117,6 @@ class Coupling:
     constants: tuple[torch.Tensor, torch.Tensor] | None = None
     g: torch.Tensor | None = None
     gain: float = 1.0
-
-    def row_currents(self, v: torch.Tensor, x: torch.Tensor, constant: bool = True) -> torch.Tensor:
-        """``(B, rows)``: current each row driver sends into the crossbar (A); for k = 1 the
-        current each input source delivers into the network. ``constant=False``: without
-        the rails' constant currents."""
-        i = _self_times(v, self.self_rows) - x @ self.backward.T
-        return i if self.constants is None or not constant else i + self.constants[0]
-
-    def col_currents(self, v: torch.Tensor | None, x: torch.Tensor, constant: bool = True) -> torch.Tensor:
-        """``(B, cols)``: current leaving each column node into the crossbar (A). ``v = None``:
-        the rows at 0 V; ``constant=False``: without the rails' constant currents."""
-        i = _self_times(x, self.self_cols)
-        if v is not None:
-            i = i - v @ self.forward
-        return i if self.constants is None or not constant else i + self.constants[1]
 
     def drops(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(B, rows, cols)`` voltage across each device (V): ``A v_i - x_j``. Without wires."""
@@ -157,35 +158,40 @@ def wired_coupling(k: int, xb, n_rows: int, rail_v: torch.Tensor | None) -> Coup
 
 
 @dataclass(frozen=True, eq=False)
-class Bias:
-    """Layer k's bias conductances ``g_pos`` to ``+V_b`` and ``g_neg`` to ``-V_b`` (actual, S)."""
+class Ties:
+    """Conductances from layer k's nodes to fixed potentials: ``g_i`` (S; ``(n,)`` or a scalar)
+    to ``v_i`` (V; a number or ``(B, n)``). The bias is ``g_pos`` to ``+V_b`` and ``g_neg`` to
+    ``-V_b``; the resistive nudge ``beta`` to the targets ``y``. Energy ``g * drop**2 / 2``."""
 
     k: int
-    g_pos: torch.Tensor
-    g_neg: torch.Tensor
-    rail_v: float
+    conductances: tuple
+    potentials: tuple
 
-    def drops(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The voltages across the two conductances (V): ``x - V_b``, ``x + V_b``."""
-        return x - self.rail_v, x + self.rail_v
+    def drops(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The voltage across each conductance (V): ``x - v_i``."""
+        return tuple(x - v for v in self.potentials)
 
     @property
-    def self_block(self) -> torch.Tensor:
-        return self.g_pos + self.g_neg
+    def self_block(self):
+        return sum(self.conductances)
 
-    def currents(self, x: torch.Tensor, constant: bool = True) -> torch.Tensor:
-        """``(B, n)`` current leaving each node through its bias conductances (A):
-        ``g_pos (x - V_b) + g_neg (x + V_b)``; ``constant=False``: the rails at 0 V."""
-        i = self.self_block * x
-        return i - (self.g_pos - self.g_neg) * self.rail_v if constant else i
+    @property
+    def constant(self):
+        """The current the potentials push in, negated: ``-sum_i g_i v_i`` (A)."""
+        return -sum(g * v for g, v in zip(self.conductances, self.potentials))
 
-    def conductance_partials(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``dE/dg_pos``, ``dE/dg_neg`` = drop**2 / 2 (V^2)."""
-        up, down = self.drops(x)
-        return 0.5 * up ** 2, 0.5 * down ** 2
+    def conductance_partials(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``dE/dg_i = drop_i**2 / 2`` (V^2)."""
+        return tuple(0.5 * d ** 2 for d in self.drops(x))
 
-    def to(self, device) -> "Bias":
-        return Bias(self.k, self.g_pos.to(device), self.g_neg.to(device), self.rail_v)
+    def to(self, device) -> "Ties":
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
+        return Ties(self.k, tuple(map(move, self.conductances)), tuple(map(move, self.potentials)))
+
+
+def bias_ties(k: int, g_pos: torch.Tensor, g_neg: torch.Tensor, rail_v: float) -> Ties:
+    """Layer k's bias: ``g_pos`` to ``+V_b``, ``g_neg`` to ``-V_b``."""
+    return Ties(k, (g_pos, g_neg), (rail_v, -rail_v))
 
 
 # ---- the nonlinear elements ----------------------------------------------------------------
@@ -254,8 +260,9 @@ class LayeredNetwork:
 
     Attributes:
         sizes: ``(n_1, ..., n_m)``; slices: each layer's slice of the free-node vector.
-        couplings: crossbar k at index k-1; biases: layer k's :class:`Bias` (None without, or
-            with wires, where the rails are rows of the crossbars).
+        couplings: crossbar k at index k-1.
+        biases: layer k's bias :class:`Ties` (None without, or with wires, where the rails are rows
+            of the crossbars); nudge: the resistive nudge's :class:`Ties` on layer m, or None.
         layer_weights: ``(m,)`` the domain weights ``w_k`` (all 1 without amplifiers).
         diodes, pwls, lower, upper: the nonlinear groups and the hard bounds.
     """
@@ -263,7 +270,7 @@ class LayeredNetwork:
     sizes: tuple[int, ...]
     slices: tuple[slice, ...]
     couplings: tuple[Coupling, ...]
-    biases: tuple[Bias | None, ...]
+    biases: tuple[Ties | None, ...]
     layer_weights: torch.Tensor
     diodes: tuple[DiodeGroup, ...]
     pwls: tuple[PwlGroup, ...]
@@ -271,6 +278,8 @@ class LayeredNetwork:
     upper: torch.Tensor
     amplified: bool = False
     wires: bool = False
+    nudge: Ties | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_free(self) -> int:
@@ -307,47 +316,94 @@ class LayeredNetwork:
     def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x[:, s] for s in self.slices]
 
+    def ties(self, k: int) -> list[Ties]:
+        """The :class:`Ties` on layer k (1..m)."""
+        out = [] if self.biases[k - 1] is None else [self.biases[k - 1]]
+        return out + ([self.nudge] if self.nudge is not None and k == self.depth else [])
+
+    def with_nudge(self, conductance_s: float, target_v: torch.Tensor) -> "LayeredNetwork":
+        """The network with the resistive nudge: ``conductance_s`` from every output node to ``target_v``."""
+        return replace(self, nudge=Ties(self.depth, (conductance_s,), (target_v,)), _cache={})
+
     # -- the linear part, from the interactions --
 
     def self_blocks(self) -> list[torch.Tensor]:
         """Per layer, the self block of ``L``: ``(n_k,)`` (a diagonal) or ``(n_k, n_k)`` with wires."""
+        if "self" not in self._cache:
+            out = []
+            for k in range(1, self.depth + 1):
+                block = self.couplings[k - 1].self_cols
+                if k < self.depth:
+                    block = block + self.couplings[k].self_rows
+                for tie in self.ties(k):
+                    s = tie.self_block
+                    if block.dim() == 2:
+                        s = torch.diag(s.expand(block.shape[0]) if isinstance(s, torch.Tensor) else
+                                       torch.full((block.shape[0],), float(s), dtype=block.dtype, device=block.device))
+                    block = block + s
+                out.append(block)
+            self._cache["self"] = out
+        return self._cache["self"]
+
+    def constants(self) -> list:
+        """Per layer, the constant currents of ``r_lin`` (rails, nudge targets; A), or None."""
+        if "constants" in self._cache:
+            return self._cache["constants"]
         out = []
         for k in range(1, self.depth + 1):
-            block = self.couplings[k - 1].self_cols
-            if k < self.depth:
-                block = block + self.couplings[k].self_rows
-            if self.biases[k - 1] is not None:
-                bias = self.biases[k - 1].self_block
-                block = block + (bias if block.dim() == 1 else torch.diag(bias))
-            out.append(block)
+            c = [t.constant for t in self.ties(k)]
+            if self.couplings[k - 1].constants is not None:
+                c.append(self.couplings[k - 1].constants[1])
+            if k < self.depth and self.couplings[k].constants is not None:
+                c.append(self.couplings[k].constants[0])
+            out.append(sum(c) if c else None)
+        self._cache["constants"] = out
         return out
 
-    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None) -> list[torch.Tensor]:
+    def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None, absolute: bool = False,
+                  own: bool = True) -> torch.Tensor:
+        """``(B, n_k)`` layer k's (1..m) part of :meth:`layer_currents`; ``own=False``: without its
+        own nodes' term ``S_k x_k`` (what its neighbours and the fixed potentials draw)."""
+        m = self.depth
+        products = []
+        if k >= 2:
+            products.append((x_layers[k - 2], self.couplings[k - 1].forward))
+        elif v_src is not None:
+            products.append((v_src, self.couplings[0].forward))
+        if k < m:
+            products.append((x_layers[k], self.couplings[k].backward.T))
+        constant = self.constants()[k - 1] if v_src is not None else None
+        return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant, absolute)
+
+    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None,
+                       absolute: bool = False) -> list[torch.Tensor]:
         """Per layer, ``(B, n_k)`` the current the linear interactions draw out of its nodes (A):
-        ``r_lin`` of the module docstring, the input sources at ``v_src`` and the rails at their
-        voltages; ``v_src = None``: ``L x`` alone (sources and rails at 0 V)."""
-        constant = v_src is not None
-        drivers = [v_src] + x_layers[:-1]
-        r = [c.col_currents(v, x, constant) for c, v, x in zip(self.couplings, drivers, x_layers)]
-        for k in range(2, self.depth + 1):
-            r[k - 2] = r[k - 2] + self.couplings[k - 1].row_currents(x_layers[k - 2], x_layers[k - 1], constant)
-        for k, bias in enumerate(self.biases):
-            if bias is not None:
-                r[k] = r[k] + bias.currents(x_layers[k], constant)
-        return r
+        ``r_lin`` of the module docstring, the input sources at ``v_src`` and the rails and
+        targets at their potentials; ``v_src = None``: ``L x`` alone (every fixed potential at
+        0 V). ``absolute``: the magnitudes (:func:`_block_row`)."""
+        return [self.layer_row(k, x_layers, v_src, absolute) for k in range(1, self.depth + 1)]
 
     def linear_currents(self, x: torch.Tensor, v_src: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` ``r_lin(x) = L x - b`` (A); ``v_src = None``: ``L x``."""
         return torch.cat(self.layer_currents(self.layers(x), v_src), 1)
 
+    def current_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` ``|L| |x|``: the magnitudes of the linear currents meeting at each node (A)."""
+        return torch.cat(self.layer_currents(self.layers(x), None, absolute=True), 1)
+
     def fixed_currents(self, v_src: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` ``b = -r_lin(0)``: the currents the sources and rails push into the free nodes (A)."""
-        return -self.linear_currents(torch.zeros(v_src.shape[0], self.n_free, dtype=v_src.dtype,
-                                                 device=v_src.device), v_src)
+        zeros = torch.zeros(v_src.shape[0], self.n_free, dtype=v_src.dtype, device=v_src.device)
+        out = []
+        for k, (c, z) in enumerate(zip(self.constants(), self.layers(zeros)), start=1):
+            out.append(z - _block_row(None, None, [(v_src, self.couplings[0].forward)] if k == 1 else [], c))
+        return torch.cat(out, 1)
 
     def source_currents(self, v_src: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 2*n0)`` current each input source delivers into the network (A)."""
-        return self.couplings[0].row_currents(v_src, x[:, self.slices[0]])
+        """``(B, 2*n0)`` current each input source delivers into the network (A): crossbar 1's row currents."""
+        c = self.couplings[0]
+        return _block_row(c.self_rows, v_src, [(x[:, self.slices[0]], c.backward.T)],
+                          None if c.constants is None else c.constants[0], False)
 
     def dense_laplacian(self) -> torch.Tensor:
         """``(N, N)`` the KCL matrix ``L`` assembled from the blocks (symmetric without amplifiers)."""
@@ -401,7 +457,8 @@ class LayeredNetwork:
         move = lambda items: tuple(None if i is None else i.to(device) for i in items)
         return LayeredNetwork(self.sizes, self.slices, move(self.couplings), move(self.biases),
                               self.layer_weights.to(device), move(self.diodes), move(self.pwls),
-                              self.lower.to(device), self.upper.to(device), self.amplified, self.wires)
+                              self.lower.to(device), self.upper.to(device), self.amplified, self.wires,
+                              None if self.nudge is None else self.nudge.to(device))
 
 
 def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductances=None, bias=None) -> LayeredNetwork:
@@ -415,7 +472,7 @@ def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductan
     m = circuit.depth
     sizes = tuple(circuit.layer_sizes[1:])
     slices = tuple(circuit.layer_slice(k) for k in range(1, m + 1))
-    biases: list[Bias | None] = [None] * m
+    biases: list[Ties | None] = [None] * m
     if circuit.has_wires:
         vb = circuit.bias_voltage_v
         rail_v = torch.tensor([vb, -vb], dtype=DTYPE) if circuit.has_bias else None
@@ -430,7 +487,7 @@ def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductan
             if bias is None:
                 pos, neg = circuit.actual_bias()
                 bias = ([_tensor(p) for p in pos], [_tensor(q) for q in neg])
-            biases = [Bias(k, bias[0][k - 1], bias[1][k - 1], circuit.bias_voltage_v) for k in range(1, m + 1)]
+            biases = [bias_ties(k, bias[0][k - 1], bias[1][k - 1], circuit.bias_voltage_v) for k in range(1, m + 1)]
     diodes, pwls, lower, upper = nonlinear_groups(circuit, ideal_as_clip)
     return LayeredNetwork(sizes, slices, couplings, tuple(biases), _tensor(circuit.domain_weights()), diodes, pwls,
                           lower, upper, circuit.has_amplifiers, circuit.has_wires)

@@ -48,6 +48,7 @@ import torch
 from ..circuit import BlockCircuit, free_node_names
 from ..errors import SpecError
 from ..interactions import DTYPE, LayeredNetwork, network
+from .blocktri import block_solve
 from .base import Backend, Equilibrium, Nudge, check_batch, source_voltages
 
 
@@ -65,30 +66,66 @@ def _spd_solve(J: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """One batch to solve: the network, the currents pushed in and the resistive nudge.
-
-    ``b`` ``(B, N)``: sources, rails and nudge currents (A); ``nudge_g`` the resistive nudge's
-    conductance (S) from every output node to its target (its ``g*y`` is in ``b``).
-    """
+    """One batch to solve: the network (with the resistive nudge, if any) and ``b`` ``(B, N)``,
+    the currents the sources, rails, targets and nudge current sources push in (A)."""
 
     net: LayeredNetwork
     b: torch.Tensor
-    nudge_g: float = 0.0
+
+
+class _Dense:
+    """The linear algebra of the dense oracle: ``L`` as one ``(N, N)`` matrix, ``W J`` as
+    ``(B, N, N)`` (Cholesky). Kept to test the layered path against."""
+
+    def __init__(self, problem: Problem):
+        net = problem.net
+        self.net = net
+        self.L_t = net.dense_laplacian().T
+        self.abs_l = self.L_t.abs()
+        H = self.L_t.T if net.node_weights is None else net.weighted(self.L_t)      # (W L)^T = W L
+        self.H = H if net.node_weights is None else 0.5 * (H + H.T)  # symmetric by construction; removes the rounding
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N)`` ``L x`` with the nudge conductance (A)."""
-        r = self.net.linear_currents(x, None)
-        if self.nudge_g:
-            out = self.net.out_slice
-            r[:, out] += self.nudge_g * x[:, out]
-        return r
+        return x @ self.L_t
 
-    def dense_laplacian(self) -> torch.Tensor:
-        L = self.net.dense_laplacian()
-        if self.nudge_g:
-            idx = torch.arange(self.net.out_slice.start, self.net.out_slice.stop, device=L.device)
-            L[idx, idx] += self.nudge_g
-        return L
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() @ self.abs_l
+
+    def step(self, df: torch.Tensor, held: torch.Tensor | None, g_w: torch.Tensor) -> torch.Tensor:
+        J = self.H + torch.diag_embed(self.net.weighted(df))     # W J: symmetric
+        if held is not None:
+            # Held nodes: identity rows/columns, zero step.
+            keep = (~held).to(DTYPE)
+            J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
+        return _spd_solve(J, g_w)
+
+    def linear_start(self, b: torch.Tensor) -> torch.Tensor:
+        N = b.shape[1]
+        eye = torch.eye(N, dtype=DTYPE, device=b.device)
+        return torch.linalg.solve(self.L_t.T + 1e-30 * eye, b.T).T if N else b.clone()
+
+
+class _Layered:
+    """The layered linear algebra (:mod:`ffebm_sim.backends.blocktri`): ``L x`` from the
+    interactions' blocks, Newton steps by block elimination; no ``(N, N)`` array."""
+
+    def __init__(self, problem: Problem):
+        self.net = problem.net
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.linear_currents(x, None)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.current_scale(x)
+
+    def step(self, df: torch.Tensor, held: torch.Tensor | None, g_w: torch.Tensor) -> torch.Tensor:
+        return block_solve(self.net, df, held, g_w)
+
+    def linear_start(self, b: torch.Tensor) -> torch.Tensor:
+        return block_solve(self.net, torch.zeros_like(b), None, self.net.weighted(b))
+
+
+SOLVERS = ("layered", "dense")
 
 
 class ReferenceBackend(Backend):
@@ -99,41 +136,51 @@ class ReferenceBackend(Backend):
         max_iterations: Newton iterations before a sample is declared failed.
         ideal_as_clip: solve ``ideal`` layers as the hard clip (True) or as the
             steep diode pair an emitted deck contains (False).
+        solver: ``layered`` (block elimination and layer sweeps, the default) or ``dense``
+            (one ``(N, N)`` Jacobian per sample: the oracle the layered solver is tested against).
+        device: a torch device (``cpu``, ``cuda``) to solve on; results come back on the CPU.
     """
 
     name = "reference"
 
     def __init__(self, abstol_a: float = 1e-15, reltol: float = 1e-12, max_iterations: int = 200,
-                 ideal_as_clip: bool = True):
+                 ideal_as_clip: bool = True, solver: str = "layered", device=None):
+        if solver not in SOLVERS:
+            raise SpecError(f"reference solver: {solver!r}; one of {', '.join(SOLVERS)}")
         self.abstol_a = abstol_a
         self.reltol = reltol
         self.max_iterations = max_iterations
         self.ideal_as_clip = ideal_as_clip
+        self.solver = solver
+        self.device = torch.device("cpu") if device is None else torch.device(device)
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
               start: torch.Tensor | None = None) -> Equilibrium:
-        u = check_batch(circuit, inputs, nudge)
-        net = network(circuit, self.ideal_as_clip)
+        u = check_batch(circuit, inputs, nudge).to(self.device)
+        net = network(circuit, self.ideal_as_clip, self.device)
         v_src = source_voltages(circuit, u)
         B, N = u.shape[0], circuit.n_free
+        if nudge is not None and nudge.conductance_s != 0:
+            net = net.with_nudge(float(nudge.conductance_s), torch.as_tensor(nudge.target_v, dtype=DTYPE).to(self.device))
         b = net.fixed_currents(v_src)
-        nudge_g = 0.0
-        if nudge is not None:
-            if nudge.currents_a is not None:
-                b[:, net.out_slice] += torch.as_tensor(nudge.currents_a, dtype=DTYPE)
-            if nudge.conductance_s != 0:
-                nudge_g = float(nudge.conductance_s)
-                b[:, net.out_slice] += nudge_g * torch.as_tensor(nudge.target_v, dtype=DTYPE)
+        if nudge is not None and nudge.currents_a is not None:
+            b[:, net.out_slice] += torch.as_tensor(nudge.currents_a, dtype=DTYPE).to(self.device)
         if start is not None and tuple(start.shape) != (B, N):
             raise SpecError(f"start: shape {tuple(start.shape)}, expected ({B}, {N})")
-        problem = Problem(net, b, nudge_g)
-        x, converged, iterations, residual = self._newton(problem, start)
+        problem = Problem(net, b)
+        algebra = (_Dense if self.solver == "dense" else _Layered)(problem)
+        sweep = self.solver == "layered" and _sweepable(net)
+        x = self._start(problem, algebra, None if start is None else start.to(self.device), cold_zero=sweep)
+        if sweep:
+            x = layer_sweeps(net, b, x)
+        x, converged, iterations, residual = self._newton(problem, algebra, x)
         messages = [("" if c else f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
                      "raise max_iterations or check the conductances")
                     for c, r in zip(converged.tolist(), residual.tolist())]
         # A node with no conductance at all (and no junction GMIN) floats: no unique answer.
         _, df, _ = net.nonlinear(x)
-        floating = (self._diagonal(problem) + df) <= 0
+        diagonal = torch.cat([blk if blk.dim() == 1 else torch.diagonal(blk) for blk in net.self_blocks()])
+        floating = (diagonal + df) <= 0
         if floating.any():
             names = free_node_names(circuit)
             for k in floating.any(1).nonzero().flatten().tolist():
@@ -141,31 +188,22 @@ class ReferenceBackend(Backend):
                 messages[k] = (f"reference: node {node} floats (no conductance connects it); "
                                "give it a non-zero conductance")
             converged = converged & ~floating.any(1)
-        messages = tuple(messages)
         src = net.source_currents(v_src, x)
-        return Equilibrium(x, src, converged, messages, iterations)
+        cpu = lambda t: t.cpu()
+        return Equilibrium(cpu(x), cpu(src), cpu(converged), tuple(messages), iterations)
 
     @staticmethod
-    def _diagonal(problem: Problem) -> torch.Tensor:
-        """``(N,)`` the diagonal of ``L`` (with the nudge conductance)."""
-        d = torch.cat([blk if blk.dim() == 1 else torch.diagonal(blk) for blk in problem.net.self_blocks()])
-        if problem.nudge_g:
-            d = d.clone()
-            d[problem.net.out_slice] += problem.nudge_g
-        return d
-
-    def _start(self, problem: Problem, start: torch.Tensor | None, L: torch.Tensor | None = None) -> torch.Tensor:
-        """The first iterate: a warm start, or the linear network (diodes open) pulled inside the rails."""
+    def _start(problem: Problem, algebra, start: torch.Tensor | None, cold_zero: bool = False) -> torch.Tensor:
+        """The first iterate: a warm start, or (``cold_zero``) 0 V, or the linear network (diodes
+        open) pulled inside the rails."""
         net, b = problem.net, problem.b
-        N = b.shape[1]
         if start is not None and bool(torch.isfinite(start).all()):
             # A warm start (e.g. the free state of a nudged phase): usually one or two iterations.
             x = start.to(DTYPE).clone()
+        elif cold_zero:
+            x = torch.zeros_like(b)
         else:
-            L = problem.dense_laplacian() if L is None else L
-            eye = torch.eye(N, dtype=DTYPE, device=b.device)
-            x = torch.linalg.solve(L + 1e-30 * eye, b.T).T if N else b.clone()
-            x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+            x = torch.nan_to_num(algebra.linear_start(b), nan=0.0, posinf=1.0, neginf=-1.0)
         for g in net.diodes:
             # A few thermal voltages past the rail: the junction conducts there, but
             # exp() stays small, so Newton starts where the model is well scaled.
@@ -176,50 +214,90 @@ class ReferenceBackend(Backend):
                 x[:, g.nodes] = torch.maximum(x[:, g.nodes], g.rail_v - rail_margin)
         return torch.maximum(torch.minimum(x, net.upper), net.lower)
 
-    def _newton(self, problem: Problem, start: torch.Tensor | None = None):
-        """Dense projected Newton on ``W r = 0`` with a line search on ``E_w``."""
+    def _newton(self, problem: Problem, algebra, x: torch.Tensor):
+        """Projected Newton on ``W r = 0`` with a line search on ``E_w`` (module docstring)."""
         net, b = problem.net, problem.b
         B, N = b.shape
-        L = problem.dense_laplacian()
-        H = L if net.node_weights is None else net.weighted(L.T).T     # W L, symmetric
-        if net.node_weights is not None:
-            H = 0.5 * (H + H.T)                 # symmetric by construction; this removes the rounding
-        x = self._start(problem, start, L)
-        converged = torch.zeros(B, dtype=torch.bool)
-        residual = torch.full((B,), torch.inf, dtype=DTYPE)
-        L_t = L.T
-        abs_l = L_t.abs()
+        converged = torch.zeros(B, dtype=torch.bool, device=b.device)
+        residual = torch.full((B,), torch.inf, dtype=DTYPE, device=b.device)
+        abs_b = b.abs()
         it = 0
         for it in range(1, self.max_iterations + 1):
             f, df, _ = net.nonlinear(x)
-            r = x @ L_t - b + f                   # physical currents leaving each node (A)
-            held = torch.zeros_like(x, dtype=torch.bool)
+            r = algebra.apply(x) - b + f          # physical currents leaving each node (A)
+            held = None
+            r_free = r
             if net.has_bounds:
                 held = ((x >= net.upper) & (r < 0)) | ((x <= net.lower) & (r > 0))
-            r_free = torch.where(held, torch.zeros_like(r), r)
-            scale = x.abs() @ abs_l + b.abs() + f.abs()
+                r_free = torch.where(held, torch.zeros_like(r), r)
+            scale = algebra.scale(x) + abs_b + f.abs()
             ok = (r_free.abs() <= self.abstol_a + self.reltol * scale).all(1)
-            residual = r_free.abs().amax(1) if N else torch.zeros(B, dtype=DTYPE)
+            residual = r_free.abs().amax(1) if N else torch.zeros(B, dtype=DTYPE, device=b.device)
             converged = ok
             active = ~ok
             if not active.any():
                 break
-            every = bool(active.all())          # skip the row gathers in the common case
-            wdf = net.weighted(df)
-            J = H + torch.diag_embed(wdf if every else wdf[active])     # W J: symmetric
-            if net.has_bounds:
-                # Held nodes: identity rows/columns, zero step.
-                h = held if every else held[active]
-                keep = (~h).to(DTYPE)
-                J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(h.to(DTYPE))
             g_w = net.weighted(r_free)           # the gradient of E_w
-            lin = lambda z: z @ L_t
-            if every:
-                x = _line_search(net, lin, b, x, g_w, -_spd_solve(J, g_w))
+            if bool(active.all()):               # skip the row gathers in the common case
+                x = _line_search(net, algebra.apply, b, x, g_w, -algebra.step(df, held, g_w))
             else:
-                dx = -_spd_solve(J, g_w[active])
-                x[active] = _line_search(net, lin, b[active], x[active], g_w[active], dx)
+                h = None if held is None else held[active]
+                dx = -algebra.step(df[active], h, g_w[active])
+                x[active] = _line_search(net, algebra.apply, b[active], x[active], g_w[active], dx)
         return x, converged, it, residual
+
+
+def _sweepable(net: LayeredNetwork) -> bool:
+    """Exact layer sweeps apply: every layer linear in its own nodes with a diagonal self block
+    (no wires, no junction or table; hard bounds allowed)."""
+    return not net.wires and not net.diodes and not net.pwls
+
+
+#: Layer sweeps stop when no node moved by more than this fraction of the largest node voltage
+#: (about the convergence test's 1e-12 relative current); Newton then checks and finishes.
+SWEEP_TOLERANCE = 1e-13
+MAX_SWEEPS = 40
+
+
+def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, tolerance: float = SWEEP_TOLERANCE,
+                 max_sweeps: int = MAX_SWEEPS) -> torch.Tensor:
+    """Exact block coordinate descent on ``E_w`` (Scellier 2024, "A fast algorithm to simulate
+    nonlinear resistive networks"): the odd layers, then the even ones. With its neighbours
+    fixed a layer's nodes are independent (bipartite layers) and each one's minimiser is the
+    weighted mean of its neighbours and fixed potentials, clipped to its bounds (the exact
+    minimiser of a convex quadratic on an interval):
+
+        x_k = clip((b_k + x_{k-1} @ forward_k + x_{k+1} @ backward_{k+1}^T) / S_k)
+
+    (the block row of :mod:`ffebm_sim.interactions` set to zero, ``S_k`` the diagonal self
+    block; the domain weights scale the whole row and drop out). The divisions are folded
+    into the blocks once. Stops when a sweep moves no node by more than ``tolerance`` times
+    the largest ``|x|``, or after ``max_sweeps``."""
+    m = net.depth
+    inv_d = [1.0 / d for d in net.self_blocks()]
+    lower, upper = net.layers(net.lower[None, :]), net.layers(net.upper[None, :])
+    xl = net.layers(x)
+    steps = []
+    for k in range(m):
+        terms = []
+        if k >= 1:
+            terms.append((k - 1, net.couplings[k].forward * inv_d[k]))
+        if k + 1 < m:
+            terms.append((k + 1, net.couplings[k + 1].backward.T * inv_d[k]))
+        steps.append((k, b[:, net.slices[k]] * inv_d[k], terms))
+    order = [step for parity in (0, 1) for step in steps[parity::2]]
+    for _ in range(max_sweeps):
+        moved = 0.0
+        for k, base, terms in order:
+            new = base
+            for j, M in terms:
+                new = torch.addmm(new, xl[j], M)
+            new = torch.clamp(new, lower[k], upper[k])
+            moved = torch.linalg.vector_norm(new - xl[k], float("inf")) if k == order[-1][0] else moved
+            xl[k].copy_(new)
+        if float(moved) <= tolerance * float(x.abs().max()):
+            break
+    return x
 
 
 def _line_search(net: LayeredNetwork, apply, b, x, grad, dx):
