@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from .backends.base import Backend, Equilibrium, Nudge, source_voltages
+from .backends.blocktri import block_solve
 from .circuit import BlockCircuit, output_conductance_s
 from .crossbar import crossbar_drops
 from .interactions import DTYPE, layered_network, network
@@ -297,25 +298,38 @@ def kcl_residual(circuit: BlockCircuit, conductances, bias_pos, bias_neg, x: tor
     return layered_network(circuit, conductances=conductances, bias=bias).linear_currents(x, v_src)
 
 
+def adjoint(net, x: torch.Tensor, delta: torch.Tensor, dense: bool = False) -> torch.Tensor:
+    """``(B, N)`` the adjoint ``lambda = J^-T dL/dx`` at the equilibrium ``x`` (``dL/dx`` is ``delta`` on
+    the outputs), ``J = L + diag(f'(x))``; nodes held at an ideal clip's bound get ``lambda = 0``.
+
+    ``W J`` is symmetric (``W`` the domain weights, all 1 without amplifiers), so
+    ``J^T = W J W^-1`` and ``lambda = W (W J)^-1 dL/dx``: the layered block elimination of the
+    solver (:func:`~ffebm_sim.backends.blocktri.block_solve`); ``dense``: one ``(N, N)`` solve per
+    sample (the oracle it is tested against)."""
+    _, df, _ = net.nonlinear(x)
+    B, N = x.shape
+    g = torch.zeros(B, N, dtype=DTYPE)
+    g[:, net.out_slice] = delta.to(DTYPE)
+    held = None
+    if net.has_bounds:
+        held = (x >= net.upper) | (x <= net.lower)
+        g = g * (~held)
+    if not dense:
+        return net.weighted(block_solve(net, df, held, g))
+    J = net.dense_laplacian() + torch.diag_embed(df)
+    if held is not None:
+        keep = (~held).to(DTYPE)
+        J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
+    return torch.linalg.solve(J.transpose(-1, -2), g.unsqueeze(-1)).squeeze(-1)
+
+
 def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equilibrium,
                        delta: torch.Tensor) -> BlockGradients:
     """Exact dL/dtheta of the circuit at the (reference) equilibrium ``free``."""
     inputs = inputs.to(DTYPE)
     x = free.node_voltages_v.to(DTYPE)
     net = network(circuit, ideal_as_clip=True)
-    _, df, _ = net.nonlinear(x)
-    B, N = x.shape
-    J = net.dense_laplacian() + torch.diag_embed(df)
-    g = torch.zeros(B, N, dtype=DTYPE)
-    g[:, net.out_slice] = delta.to(DTYPE)
-    if net.has_bounds:
-        held = (x >= net.upper) | (x <= net.lower)
-        keep = (~held).to(DTYPE)
-        J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
-        g = g * keep
-    if circuit.has_amplifiers:
-        J = J.transpose(-1, -2)          # the adjoint system J^T lambda = dL/dx (J is unsymmetric)
-    lam = torch.linalg.solve(J, g.unsqueeze(-1)).squeeze(-1)
+    lam = adjoint(net, x, delta)
     if circuit.has_wires:
         return _implicit_crossbar(circuit, inputs, x, lam, net)
     factors = [torch.tensor(circuit.conductance_factors(k)) for k in range(1, circuit.depth + 1)]

@@ -137,3 +137,42 @@ def test_cuda_agrees_with_cpu():                              # pragma: no cover
         a = ReferenceBackend(device="cuda").solve(c, u)
         assert a.node_voltages_v.device.type == "cpu"
         torch.testing.assert_close(a.node_voltages_v, LAYERED.solve(c, u).node_voltages_v, rtol=0, atol=AGREE_V)
+
+
+def _ffebm(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "ffebm_sim.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("flag", ["--device", "--torch-device"])
+def test_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, tiny, flag):
+    r = _ffebm("train", tiny, flag, "cuda", "--epochs", "1", "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["ffebm: error: device: 'cuda' asked, but no CUDA device is available "
+                                             "here (torch.cuda.is_available() is False); use cpu"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_on_the_cpu_device_is_training_without_it(tmp_path, tiny):
+    from ffebm_sim.train import TrainConfig, train
+    runs = {}
+    for name, options in (("plain", {}), ("cpu", {"device": "cpu"})):
+        cfg = TrainConfig(model=str(tiny), out=str(tmp_path / name), epochs=1, backend_options=options)
+        runs[name] = train(cfg, log=lambda m: None)
+    assert runs["plain"]["test_accuracy"] == runs["cpu"]["test_accuracy"]
+
+
+@pytest.mark.parametrize("kind, extra", [("double", {}), ("ideal", {}), ("single", {"amplifier_gains": (3.0, 0.5)}),
+                                         ("pwl", {"wire_resistance_ohm": 50.0}), ("ideal", {"amplifier_gains": (2.0, 2.0)})])
+def test_adjoint_by_blocks_is_the_dense_adjoint(kind, extra):
+    from ffebm_sim.ep import adjoint
+    c = replace(make_block((6, 5, 4, 3), kind=kind, seed=2, bias=True, gain=4.0), **extra)
+    u = random_inputs(c, 5, seed=1)
+    x = LAYERED.solve(c, u).node_voltages_v
+    delta = torch.from_numpy(np.random.default_rng(3).normal(0, 1, (5, 3)))
+    net = network(c)
+    want = adjoint(net, x, delta, dense=True)
+    torch.testing.assert_close(adjoint(net, x, delta), want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))

@@ -128,6 +128,28 @@ class _Layered:
 SOLVERS = ("layered", "dense")
 
 
+def torch_device(name) -> torch.device:
+    """The torch device ``name`` (None: the CPU), checked: ``cuda`` needs a CUDA device here.
+
+    The layered solver is device-generic (every tensor of a solve lives on this device;
+    results come back on the CPU). A GPU pays off for large batches of large blocks
+    (docs/speed.md: batches of thousands, hidden layers of hundreds to thousands);
+    at batch 128 of a ``[784, 100, 10]`` block the CPU is as fast.
+    """
+    if name is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SpecError(f"device: {name!r} is not a torch device; cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device: {name!r} asked, but no CUDA device is available here "
+                        "(torch.cuda.is_available() is False); use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise SpecError(f"device: {name!r}; the reference solver runs on cpu or cuda")
+    return device
+
+
 class ReferenceBackend(Backend):
     """Torch, float64, batched. See the module docstring for the equations.
 
@@ -152,7 +174,7 @@ class ReferenceBackend(Backend):
         self.max_iterations = max_iterations
         self.ideal_as_clip = ideal_as_clip
         self.solver = solver
-        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.device = torch_device(device)
 
     def solve(self, circuit: BlockCircuit, inputs, nudge: Nudge | None = None,
               start: torch.Tensor | None = None) -> Equilibrium:
