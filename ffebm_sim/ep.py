@@ -166,26 +166,32 @@ def ep_energy_scales(circuit: BlockCircuit) -> np.ndarray:
     return w / w[-1]
 
 
-def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium):
-    """Per-sample dE/dtheta at an equilibrium: (factor times) voltage drops squared / 2, and source
-    currents; with amplifiers, of ``E_w / w_out`` (each times :func:`ep_energy_scales`)."""
-    x = eq.node_voltages_v
+def contrasted_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq_a: Equilibrium, eq_b: Equilibrium,
+                        weights: torch.Tensor):
+    """``sum_b w_b (dE/dtheta(a) - dE/dtheta(b))`` of two phases ``a``, ``b`` of the same inputs: per
+    conductance (factor times) the voltage drops squared / 2, contracted over the batch without a
+    ``(B, rows, cols)`` array (:meth:`~ffebm_sim.interactions.Coupling.contrasted_partials`); and per
+    sample ``w_b (I_src(a) - I_src(b))``. With amplifiers, of ``E_w / w_out`` (each times
+    :func:`ep_energy_scales`). Returns ``(d_g, d_bp, d_bn, d_src)``."""
     v_src = source_voltages(circuit, inputs)
     m = circuit.depth
     d_bp = d_bn = None
     if circuit.has_wires:
-        drops = crossbar_drops(circuit, v_src, x)
+        # the drops across the devices between their own cross-point nodes (small blocks: per sample)
+        drops = [crossbar_drops(circuit, v_src, eq.node_voltages_v) for eq in (eq_a, eq_b)]
         n_rows = [2 * circuit.n_inputs] + list(circuit.layer_sizes[1:-1])
-        d_g = [0.5 * drops[k][:, :n_rows[k], :] ** 2 for k in range(m)]
+        wk = weights[:, None, None]
+        both = [(wk * 0.5 * (da ** 2 - db ** 2)).sum(0) for da, db in zip(*drops)]
+        d_g = [both[k][:n_rows[k]] for k in range(m)]
         if circuit.has_bias:
-            d_bp = [0.5 * drops[k][:, -2, :] ** 2 for k in range(m)]
-            d_bn = [0.5 * drops[k][:, -1, :] ** 2 for k in range(m)]
+            d_bp, d_bn = [both[k][-2] for k in range(m)], [both[k][-1] for k in range(m)]
     else:
         net = network(circuit)
-        layers = [v_src] + net.layers(x)
-        d_g = [c.conductance_partials(layers[k - 1], layers[k]) for k, c in enumerate(net.couplings, start=1)]
+        la, lb = ([v_src] + net.layers(eq.node_voltages_v) for eq in (eq_a, eq_b))
+        d_g = [c.contrasted_partials(la[k - 1], la[k], lb[k - 1], lb[k], weights)
+               for k, c in enumerate(net.couplings, start=1)]
         if circuit.has_bias:
-            d_bp, d_bn = map(list, zip(*(bias.conductance_partials(layers[k])
+            d_bp, d_bn = map(list, zip(*(bias.contrasted_partials(la[k], lb[k], weights)
                                         for k, bias in enumerate(net.biases, start=1))))
     if circuit.mismatch is not None and circuit.mismatch.conductance_sigma > 0:
         d_g = [d * torch.tensor(circuit.conductance_factors(k)) for k, d in enumerate(d_g, start=1)]
@@ -193,7 +199,7 @@ def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium
             f = [circuit.bias_factors(k) for k in range(1, m + 1)]
             d_bp = [d * torch.tensor(fk[0]) for d, fk in zip(d_bp, f)]
             d_bn = [d * torch.tensor(fk[1]) for d, fk in zip(d_bn, f)]
-    src = eq.source_currents_a
+    src = weights[:, None] * (eq_a.source_currents_a - eq_b.source_currents_a)
     if circuit.has_amplifiers:
         scale = [float(s) for s in ep_energy_scales(circuit)]
         d_g = [d * s for d, s in zip(d_g, scale)]
@@ -267,18 +273,11 @@ def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, 
     else:
         minus = Equilibrium(free.node_voltages_v[idx], free.source_currents_a[idx], free.converged[idx])
         denom = beta[idx]
-    p, m = energy_partials(circuit, u, plus), energy_partials(circuit, u, minus)
-    w = (weights[idx] / denom)
-
-    def combine(a, b):
-        return (w.view(-1, *([1] * (a.dim() - 1))) * (a - b)).sum(0)
-
+    d_g, d_bp, d_bn, d_vsrc = contrasted_partials(circuit, u, plus, minus, weights[idx] / denom)
     out = zero_grads
-    out.conductances = [combine(a, b) for a, b in zip(p[0], m[0])]
+    out.conductances = d_g
     if circuit.has_bias:
-        out.bias_pos = [combine(a, b) for a, b in zip(p[1], m[1])]
-        out.bias_neg = [combine(a, b) for a, b in zip(p[2], m[2])]
-    d_vsrc = w[:, None] * (p[3] - m[3])                       # dL/dV_src per sample
+        out.bias_pos, out.bias_neg = d_bp, d_bn
     n0 = circuit.n_inputs
     out.inputs[idx] = circuit.input_gain_v * (d_vsrc[:, :n0] - d_vsrc[:, n0:])
     out.solves = (2 if centered else 1) * len(idx)

@@ -73,20 +73,31 @@ def _tensor(array) -> torch.Tensor:
 
 
 def _block_row(self_block: torch.Tensor | None, x: torch.Tensor | None, products, constant,
-               absolute: bool = False) -> torch.Tensor:
+               absolute: bool = False):
     """One block row of ``r_lin``: ``S x - sum_j y_j @ M_j + c`` (A), ``S`` a self block (a vector:
     elementwise; a matrix: a product; None or ``x`` None: left out), ``products`` the pairs
     ``(y_j, M_j)`` of the neighbours, ``c`` the constant currents (None: left out). ``absolute``:
     ``|S| |x| + sum |y_j| @ |M_j|``, the magnitudes of the currents meeting at each node (the
-    convergence test's scale)."""
-    r = 0.0
+    convergence test's scale). Accumulated in place into the first product (a row of a large
+    layer is megabytes: every fresh array of that size costs page faults)."""
+    r = None
+    for y, M in products:
+        y = y if y.is_contiguous() else y.contiguous()        # a layer's view: a GEMM wants rows
+        p = y.abs() @ M.abs() if absolute else y @ M
+        if r is None:
+            r = p if absolute else p.neg_()
+        else:
+            r = r.add_(p) if absolute else r.sub_(p)
     if self_block is not None and x is not None:
         if absolute:
             self_block, x = self_block.abs(), x.abs()
-        r = x * self_block if self_block.dim() == 1 else x @ self_block
-    for y, M in products:
-        r = r + y.abs() @ M.abs() if absolute else r - y @ M
-    return r if constant is None or absolute else r + constant
+        if self_block.dim() == 1:
+            r = x * self_block if r is None else r.addcmul_(x, self_block)
+        else:
+            r = x @ self_block if r is None else r.addmm_(x, self_block)
+    if constant is None or absolute:
+        return 0.0 if r is None else r
+    return constant if r is None else r.add_(constant)
 
 
 # ---- the linear interactions -------------------------------------------------------------
@@ -117,15 +128,24 @@ class Coupling:
     constants: tuple[torch.Tensor, torch.Tensor] | None = None
     g: torch.Tensor | None = None
     gain: float = 1.0
+    backward_t: torch.Tensor = field(init=False, repr=False)
 
-    def drops(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(B, rows, cols)`` voltage across each device (V): ``A v_i - x_j``. Without wires."""
-        drive = v if self.gain == 1.0 else drive_voltage(v, self.gain)
-        return drive[:, :, None] - x[:, None, :]
+    def __post_init__(self):
+        # row-major ``backward^T``: the products with it are GEMMs without a transposed operand
+        object.__setattr__(self, "backward_t", self.backward.T.contiguous())
 
-    def conductance_partials(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(B, rows, cols)`` ``dE/dG_ij = drop**2 / 2`` (V^2) of the actual conductances."""
-        return 0.5 * self.drops(v, x) ** 2
+    def contrasted_partials(self, v_a: torch.Tensor, x_a: torch.Tensor, v_b: torch.Tensor, x_b: torch.Tensor,
+                            w: torch.Tensor) -> torch.Tensor:
+        """``(rows, cols)`` ``sum_s w_s (drop_a**2 - drop_b**2) / 2`` over the batch, for two states
+        ``a``, ``b`` (EP's nudged phases) and per-sample weights ``w`` ``(B,)``. As
+        ``(d_a - d_b)(d_a + d_b) / 2`` with ``d = A v_i - x_j``, expanded into batch products:
+        ``(Dv_i - Dx_j)(Sv_i - Sx_j)`` (``D``, ``S``: differences and sums of the two states), so
+        no ``(B, rows, cols)`` array is formed and the small difference is taken first."""
+        drive = (lambda v: v) if self.gain == 1.0 else (lambda v: drive_voltage(v, self.gain))
+        dv, sv = drive(v_a - v_b), drive(v_a + v_b)
+        dx, sx = x_a - x_b, x_a + x_b
+        wdv, wdx = w[:, None] * dv, w[:, None] * dx
+        return 0.5 * ((wdv * sv).sum(0)[:, None] + (wdx * sx).sum(0)[None, :] - wdv.T @ sx - sv.T @ wdx)
 
     def to(self, device) -> "Coupling":
         move = lambda t: None if t is None else t.to(device)
@@ -183,6 +203,11 @@ class Ties:
     def conductance_partials(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``dE/dg_i = drop_i**2 / 2`` (V^2)."""
         return tuple(0.5 * d ** 2 for d in self.drops(x))
+
+    def contrasted_partials(self, x_a: torch.Tensor, x_b: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per conductance, ``sum_s w_s (dE/dg(a) - dE/dg(b))`` over the batch (two states, weights ``(B,)``)."""
+        return tuple((w[:, None] * (a - b)).sum(0)
+                     for a, b in zip(self.conductance_partials(x_a), self.conductance_partials(x_b)))
 
     def to(self, device) -> "Ties":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
@@ -306,7 +331,10 @@ class LayeredNetwork:
         """``(N,)`` every free node's domain weight, None when all are 1."""
         if not self.amplified:
             return None
-        return torch.repeat_interleave(self.layer_weights, torch.tensor(self.sizes, device=self.device))
+        if "node_weights" not in self._cache:
+            self._cache["node_weights"] = torch.repeat_interleave(self.layer_weights,
+                                                                  torch.tensor(self.sizes, device=self.device))
+        return self._cache["node_weights"]
 
     def weighted(self, r: torch.Tensor) -> torch.Tensor:
         """``W r`` for ``(..., N)`` node quantities (currents -> gradient of ``E_w``)."""
@@ -371,7 +399,7 @@ class LayeredNetwork:
         elif v_src is not None:
             products.append((v_src, self.couplings[0].forward))
         if k < m:
-            products.append((x_layers[k], self.couplings[k].backward.T))
+            products.append((x_layers[k], self.couplings[k].backward_t))
         constant = self.constants()[k - 1] if v_src is not None else None
         return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant, absolute)
 
@@ -402,7 +430,7 @@ class LayeredNetwork:
     def source_currents(self, v_src: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(B, 2*n0)`` current each input source delivers into the network (A): crossbar 1's row currents."""
         c = self.couplings[0]
-        return _block_row(c.self_rows, v_src, [(x[:, self.slices[0]], c.backward.T)],
+        return _block_row(c.self_rows, v_src, [(x[:, self.slices[0]], c.backward_t)],
                           None if c.constants is None else c.constants[0], False)
 
     def dense_laplacian(self) -> torch.Tensor:
@@ -419,6 +447,23 @@ class LayeredNetwork:
 
     # -- the nonlinear part --
 
+    def _junctions(self):
+        """Every diode group's node selection (a slice where contiguous: views, no gathers), and
+        their ``IS``, ``N*Vt`` and weights concatenated, so the junction law runs once per call."""
+        if "junctions" not in self._cache:
+            sel = []
+            for g in self.diodes:
+                n = g.nodes
+                contiguous = len(n) and int(n[-1]) - int(n[0]) + 1 == len(n) and bool((n.diff() == 1).all())
+                sel.append(slice(int(n[0]), int(n[-1]) + 1) if contiguous else n)
+            cat = lambda ts: torch.cat(ts) if ts else None
+            w = self.node_weights
+            gmins = {g.model.gmin_s for g in self.diodes}
+            self._cache["junctions"] = (sel, cat([g.isat for g in self.diodes]), cat([g.vte for g in self.diodes]),
+                                        None if w is None or not self.diodes else cat([w[g.nodes] for g in self.diodes]),
+                                        gmins.pop() if len(gmins) == 1 else None)
+        return self._cache["junctions"]
+
     def nonlinear(self, x: torch.Tensor, energy: bool = False):
         """``f(x)``, ``f'(x)`` (physical currents, A and S) and, when ``energy``, the co-content
         sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J)."""
@@ -426,31 +471,42 @@ class LayeredNetwork:
         df = torch.zeros_like(x)
         e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         w = self.node_weights
-
-        def weighted(c, nodes):
-            return c if w is None else c * w[nodes]
-        for g in self.diodes:
-            xv = x[:, g.nodes]
-            vd = clamp_diode_voltage(xv, g.rail_v, g.upward)
-            i, gd = junction_current_and_conductance(vd, g.isat, g.vte, g.model.gmin_s)
-            f[:, g.nodes] += clamp_node_current(i, g.upward)
-            df[:, g.nodes] += gd
+        if self.diodes:
+            sel, isat, vte, wd, gmin = self._junctions()
+            if gmin is None:                    # pragma: no cover - one circuit has one GMIN
+                raise ValueError("diode groups with different GMIN")
+            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
+            vd = torch.cat(vds, 1) if len(vds) > 1 else vds[0]
+            i, gd = junction_current_and_conductance(vd, isat, vte, gmin)
+            start = 0
+            for g, s, v in zip(self.diodes, sel, vds):
+                part = slice(start, start + v.shape[1])
+                start = part.stop
+                f[:, s] += clamp_node_current(i[:, part], g.upward)
+                df[:, s] += gd[:, part]
             if energy:
-                e = e + weighted(junction_cocontent(vd, g.isat, g.vte, g.model.gmin_s), g.nodes).sum(1)
+                c = junction_cocontent(vd, isat, vte, gmin)
+                e = e + (c if wd is None else c * wd).sum(1)
         for g in self.pwls:
             xv = x[:, g.nodes]
             i, gd = pwl_current_and_conductance(xv, g.table)
             f[:, g.nodes] += i
             df[:, g.nodes] += gd
             if energy:
-                e = e + weighted(pwl_cocontent(xv, g.table), g.nodes).sum(1)
+                c = pwl_cocontent(xv, g.table)
+                e = e + (c if w is None else c * w[g.nodes]).sum(1)
         return f, df, e
 
+    def quadratic_energy(self, x: torch.Tensor, r_lin: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` the linear elements' part of ``E_w`` (J), given ``r_lin = L x - b`` at ``x`` (nudge
+        terms included in both) and ``b``: ``sum w x (r_lin - b) / 2 = x^T W L x / 2 - (W b)^T x``."""
+        return 0.5 * (self.weighted(x * (r_lin - b))).sum(1)
+
     def energy(self, x: torch.Tensor, r_lin: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` the weighted co-content ``E_w`` (J) at ``x``, given ``r_lin = L x - b`` there
-        (nudge terms included in both) and ``b``: ``sum w x (r_lin - b) / 2 + sum w C(x)``."""
+        """``(B,)`` the weighted co-content ``E_w`` (J) at ``x``: :meth:`quadratic_energy` plus
+        ``sum w C(x)`` of the nonlinear elements."""
         _, _, e = self.nonlinear(x, energy=True)
-        return 0.5 * (self.weighted(x * (r_lin - b))).sum(1) + e
+        return self.quadratic_energy(x, r_lin, b) + e
 
     def to(self, device) -> "LayeredNetwork":
         """The same network with every tensor on ``device``."""

@@ -237,16 +237,19 @@ class ReferenceBackend(Backend):
         return torch.maximum(torch.minimum(x, net.upper), net.lower)
 
     def _newton(self, problem: Problem, algebra, x: torch.Tensor):
-        """Projected Newton on ``W r = 0`` with a line search on ``E_w`` (module docstring)."""
+        """Projected Newton on ``W r = 0`` with a line search on ``E_w`` (module docstring). The
+        point a line search accepts comes with its currents and energy: one evaluation of the
+        nonlinear elements per iteration."""
         net, b = problem.net, problem.b
         B, N = b.shape
         converged = torch.zeros(B, dtype=torch.bool, device=b.device)
         residual = torch.full((B,), torch.inf, dtype=DTYPE, device=b.device)
         abs_b = b.abs()
+        state = _State.at(net, algebra, b, x, energy=False)
         it = 0
         for it in range(1, self.max_iterations + 1):
-            f, df, _ = net.nonlinear(x)
-            r = algebra.apply(x) - b + f          # physical currents leaving each node (A)
+            x, f = state.x, state.f
+            r = state.lx - b + f                  # physical currents leaving each node (A)
             held = None
             r_free = r
             if net.has_bounds:
@@ -261,12 +264,46 @@ class ReferenceBackend(Backend):
                 break
             g_w = net.weighted(r_free)           # the gradient of E_w
             if bool(active.all()):               # skip the row gathers in the common case
-                x = _line_search(net, algebra.apply, b, x, g_w, -algebra.step(df, held, g_w))
+                state = _line_search(net, algebra, b, state, g_w, -algebra.step(state.df, held, g_w))
             else:
                 h = None if held is None else held[active]
-                dx = -algebra.step(df[active], h, g_w[active])
-                x[active] = _line_search(net, algebra.apply, b[active], x[active], g_w[active], dx)
-        return x, converged, it, residual
+                dx = -algebra.step(state.df[active], h, g_w[active])
+                state.put(active, _line_search(net, algebra, b[active], state.rows(active), g_w[active], dx))
+        return state.x, converged, it, residual
+
+
+@dataclass
+class _State:
+    """An iterate and what the solver needs there: ``L x``, ``f``, ``f'`` and the energy ``E_w``."""
+
+    x: torch.Tensor
+    lx: torch.Tensor
+    f: torch.Tensor
+    df: torch.Tensor
+    e: torch.Tensor
+
+    @classmethod
+    def at(cls, net: LayeredNetwork, algebra, b: torch.Tensor, x: torch.Tensor, energy: bool = True) -> "_State":
+        """The state at ``x``; ``energy=False``: ``e`` is left to :meth:`energy` (a first iterate
+        that already converged needs none)."""
+        lx = algebra.apply(x)
+        f, df, e = net.nonlinear(x, energy=energy)
+        return cls(x, lx, f, df, net.quadratic_energy(x, lx - b, b) + e if energy else None)
+
+    def energy(self, net: LayeredNetwork, b: torch.Tensor) -> torch.Tensor:
+        if self.e is None:
+            self.e = net.quadratic_energy(self.x, self.lx - b, b) + net.nonlinear(self.x, energy=True)[2]
+        return self.e
+
+    def rows(self, idx) -> "_State":
+        return _State(self.x[idx], self.lx[idx], self.f[idx], self.df[idx], None if self.e is None else self.e[idx])
+
+    def put(self, idx, other: "_State") -> None:
+        """Rows ``idx`` from ``other`` (which has its energy)."""
+        if self.e is None:
+            self.e = torch.full_like(other.e[:1].expand(self.x.shape[0]), torch.nan)
+        for name in ("x", "lx", "f", "df", "e"):
+            getattr(self, name)[idx] = getattr(other, name)
 
 
 def _sweepable(net: LayeredNetwork) -> bool:
@@ -277,7 +314,7 @@ def _sweepable(net: LayeredNetwork) -> bool:
 
 #: Layer sweeps stop when no node moved by more than this fraction of the largest node voltage
 #: (about the convergence test's 1e-12 relative current); Newton then checks and finishes.
-SWEEP_TOLERANCE = 1e-13
+SWEEP_TOLERANCE = 1e-12
 MAX_SWEEPS = 40
 
 
@@ -305,47 +342,50 @@ def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, toleranc
         if k >= 1:
             terms.append((k - 1, net.couplings[k].forward * inv_d[k]))
         if k + 1 < m:
-            terms.append((k + 1, net.couplings[k + 1].backward.T * inv_d[k]))
+            terms.append((k + 1, net.couplings[k + 1].backward_t * inv_d[k]))
         steps.append((k, b[:, net.slices[k]] * inv_d[k], terms))
     order = [step for parity in (0, 1) for step in steps[parity::2]]
+    last = order[-1][0]
     for _ in range(max_sweeps):
-        moved = 0.0
         for k, base, terms in order:
             new = base
             for j, M in terms:
                 new = torch.addmm(new, xl[j], M)
             new = torch.clamp(new, lower[k], upper[k])
-            moved = torch.linalg.vector_norm(new - xl[k], float("inf")) if k == order[-1][0] else moved
+            if k == last:
+                moved, size = torch.linalg.vector_norm(new - xl[k], float("inf")), new.abs().max()
             xl[k].copy_(new)
-        if float(moved) <= tolerance * float(x.abs().max()):
+        if float(moved) <= tolerance * float(size):
             break
     return x
 
 
-def _line_search(net: LayeredNetwork, apply, b, x, grad, dx):
-    """Backtracking (Armijo) on the weighted co-content ``E_w`` along ``dx``; the projection onto
-    the bounds is part of the trial point. ``apply(x)``: ``L x`` (A)."""
-    energy = lambda z, bz: net.energy(z, apply(z) - bz, bz)
-    e0 = energy(x, b)
+def _line_search(net: LayeredNetwork, algebra, b, state: _State, grad, dx) -> _State:
+    """Backtracking (Armijo) on the weighted co-content ``E_w`` along ``dx`` from ``state``; the
+    projection onto the bounds is part of the trial point. Returns the accepted points' states."""
+    x, e0 = state.x, state.energy(net, b)
     slope = (grad * dx).sum(1)                 # < 0 for a descent direction
-    t = torch.ones(x.shape[0], dtype=DTYPE, device=x.device)
-    pending = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    x_new = x.clone()
     slack = 1e-13 * e0.abs() + 1e-300
-    for _ in range(60):
-        trial = x[pending] + t[pending, None] * dx[pending]
-        trial = torch.maximum(torch.minimum(trial, net.upper), net.lower)
-        e1 = energy(trial, b[pending])
-        accept = e1 <= e0[pending] + 1e-4 * t[pending] * slope[pending] + slack[pending]
-        accept &= torch.isfinite(e1)
-        idx = pending.nonzero().squeeze(1)
-        x_new[idx[accept]] = trial[accept]
-        pending[idx[accept]] = False
-        if not pending.any():
-            break
+    t = torch.ones(x.shape[0], dtype=DTYPE, device=x.device)
+    trial = _State.at(net, algebra, b, torch.maximum(torch.minimum(x + dx, net.upper), net.lower))
+    accept = (trial.e <= e0 + 1e-4 * slope + slack) & torch.isfinite(trial.e)
+    if bool(accept.all()):                      # the full Newton step: the common case
+        return trial
+    new = trial
+    pending = ~accept
+    for _ in range(59):
         t[pending] *= 0.5
+        idx = pending.nonzero().squeeze(1)
+        z = torch.maximum(torch.minimum(x[idx] + t[idx, None] * dx[idx], net.upper), net.lower)
+        tried = _State.at(net, algebra, b[idx], z)
+        ok = (tried.e <= e0[idx] + 1e-4 * t[idx] * slope[idx] + slack[idx]) & torch.isfinite(tried.e)
+        new.put(idx[ok], tried.rows(ok))
+        pending[idx[ok]] = False
+        if not pending.any():
+            return new
+        last = (idx, tried)
     # Samples whose search failed take the shortest step tried (roundoff regime).
-    if pending.any():
-        trial = x[pending] + t[pending, None] * dx[pending]
-        x_new[pending] = torch.maximum(torch.minimum(trial, net.upper), net.lower)
-    return x_new
+    idx, tried = last
+    still = pending[idx]
+    new.put(idx[still], tried.rows(still))
+    return new
