@@ -359,6 +359,8 @@ def _run_solvers(quick: bool, log) -> dict:
         blocks["block_128_64_10"] = _wide_block(128, 64, 10, seed=7)
         blocks["block_256_128_10"] = _wide_block(256, 128, 10, seed=8)
     out["methods"] = method_table(blocks, 2 if quick else 4)
+    from .bench_reference import run_reference
+    out["reference_solver"] = run_reference(quick, log)      # layered vs dense reference (issue 16)
     out["machine"]["loadavg_end"] = list(os.getloadavg())
     return out
 
@@ -419,6 +421,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['block']} | {row['layers']} | {f(row['op_ep_s'])} | {f(row['op_analysis_ep_s'])} | "
                      f"{f(row['sweep_ep_s'])} | {f(row['sweep_analysis_ep_s'])} | {f(row['reference_ep_s'])} | "
                      f"{row['auto']} |")
+    if report.get("reference_solver"):
+        from .bench_reference import markdown as reference_markdown
+        lines += [""] + reference_markdown(report["reference_solver"])
     lines += ["", f"Reproduce: `{report.get('command', 'ffebm bench solvers')}`.", ""]
     return "\n".join(lines)
 

@@ -31,6 +31,7 @@ images, batches of 32 as the spec says), old and new solver.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -135,38 +136,97 @@ def ep_sample_times(rounds: int = 5, log=lambda msg: None) -> list[dict]:
     return rows
 
 
-def mnist_epoch_s(solver: str, seed: int = 0) -> dict:
-    """One mnist-5k training epoch of ``circuits/drn_mnist.toml`` on the reference (``solver``)."""
+def mnist_epoch_s(solver: str | None, seed: int = 0) -> dict:
+    """One mnist-5k training epoch of ``circuits/drn_mnist.toml`` on the reference (``solver``):
+    the training loop of ``ffebm train`` (:meth:`ffebm_sim.train.Run.train_batches`), the spec's
+    batch size and learning rates, without the test-set evaluation and checkpoint."""
+    import tempfile
     from .backends.reference import ReferenceBackend
     from .data import load_dataset
-    from .model import build_model
-    from .spec import read_toml
+    from .train import Run, TrainConfig, config_with_spec_defaults
     data = load_dataset("mnist-5k")
-    batch = int(read_toml(DRN_MNIST)["training"]["batch_size"])
-    model = build_model(DRN_MNIST, backend=ReferenceBackend(solver=solver), seed=seed)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    n = len(data.x_train)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    t = time.perf_counter()
-    correct = 0
-    for s in range(0, n, batch):
-        idx = perm[s:s + batch]
-        optimizer.zero_grad(set_to_none=True)
-        loss, pred = model.loss(data.x_train[idx], data.y_train[idx])
-        loss.backward()
-        optimizer.step()
-        model.project()
-        correct += int((pred == data.y_train[idx]).sum())
-    return {"seconds": time.perf_counter() - t, "samples": n, "train_accuracy": correct / n}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_with_spec_defaults(TrainConfig(model=str(DRN_MNIST), out=str(Path(tmp) / "run"),
+                                                       data="mnist-5k", epochs=1, seed=seed), set()).validate()
+        backend = ReferenceBackend() if solver is None else ReferenceBackend(solver=solver)
+        run = Run.create(config, data, backend, log=lambda msg: None)
+        t = time.perf_counter()
+        tally = run.train_batches(1)
+        seconds = time.perf_counter() - t
+    return {"seconds": seconds, "samples": len(data.x_train), "batch_size": config.batch_size,
+            "train_accuracy": tally.correct / len(data.x_train)}
 
 
-def run_reference(quick: bool = False, log=lambda msg: None) -> dict:
-    """Every figure of the module docstring, old (dense) and new (layered) side by side."""
+#: Run in another source tree (``baseline``): the same figures from that tree's own reference.
+_BASELINE = r"""
+import json, statistics, sys, time, numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from bench_reference_new import FASTDRN_NETWORKS, BATCH, fastdrn_circuit, fastdrn_inputs, DRN_MNIST, SMALL
+from ffebm_sim.backends.reference import ReferenceBackend
+from ffebm_sim.ep import ep_gradients
+from ffebm_sim.model import build_model
+from ffebm_sim.spec import load_block
+rounds = int(sys.argv[2])
+b = ReferenceBackend()
+out = {"fastdrn": {}, "ep": {}}
+for name, n0, n1, v_off in FASTDRN_NETWORKS:
+    for kind in ("ideal", "double"):
+        c, u = fastdrn_circuit(n0, n1, v_off, kind), fastdrn_inputs(n0)
+        b.solve(c, u)
+        ts = []
+        for _ in range(rounds):
+            t = time.perf_counter(); b.solve(c, u); ts.append(time.perf_counter() - t)
+        out["fastdrn"][name + " " + kind] = 1e6 * statistics.median(ts) / len(u)
+for name, c in (("block_small", load_block(SMALL)),
+                ("drn_mnist_e1", build_model(DRN_MNIST, backend="reference").energy_blocks[0].circuit)):
+    rng = np.random.default_rng(3)
+    u = torch.from_numpy(rng.uniform(0 if c.n_inputs > 100 else -1, 1, (BATCH, c.n_inputs)))
+    delta = torch.from_numpy(rng.normal(0, 1, (BATCH, c.n_outputs)))
+    def ep():
+        ep_gradients(c, b, u, b.solve(c, u), delta)
+    ep()
+    ts = []
+    for _ in range(rounds):
+        t = time.perf_counter(); ep(); ts.append(time.perf_counter() - t)
+    out["ep"][name] = 1e6 * statistics.median(ts) / BATCH
+if sys.argv[3] == "1":
+    from bench_reference_new import mnist_epoch_s
+    out["mnist_epoch_s"] = mnist_epoch_s(None)["seconds"]
+print(json.dumps(out))
+"""
+
+
+def baseline(tree: str | Path, rounds: int = 5, epoch: bool = True) -> dict:
+    """The same figures from the reference solver of another source tree (e.g. ``git archive`` of the
+    commit before the layered solver), in a subprocess: this module's network builders, that tree's
+    ``ffebm_sim``."""
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        src = (Path(__file__).read_text().replace("from .", "from ffebm_sim.")
+               .replace("ROOT = Path(__file__).resolve().parent.parent", f"ROOT = Path({str(ROOT)!r})"))
+        (Path(tmp) / "bench_reference_new.py").write_text(src)
+        env = {**__import__("os").environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+        r = subprocess.run([sys.executable, "-c", _BASELINE, tmp, str(rounds), "1" if epoch else "0"],
+                           capture_output=True, text=True, env=env, timeout=3600)
+    if r.returncode:
+        raise RuntimeError(f"baseline tree {tree}: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_reference(quick: bool = False, log=lambda msg: None, baseline_tree: str | None = None) -> dict:
+    """Every figure of the module docstring, old (dense) and new (layered) side by side; with
+    ``baseline_tree`` also that tree's own reference (measured in the same run, right after)."""
     torch.set_num_threads(1)
     out = {"batch": BATCH, "threads": 1, "dtype": "float64",
            "fastdrn": fastdrn_table(3 if quick else 7, log), "ep": ep_sample_times(3 if quick else 5, log)}
     log("mnist-5k epoch, layered then dense")
     out["mnist_epoch"] = {s: mnist_epoch_s(s) for s in ("layered",) + (() if quick else ("dense",))}
+    if baseline_tree:
+        log(f"the same in {baseline_tree}")
+        out["baseline"] = {"tree": str(baseline_tree), **baseline(baseline_tree, 3 if quick else 5, not quick)}
     return out
 
 
@@ -184,14 +244,17 @@ def markdown(report: dict) -> list[str]:
     for r in report["ep"]:
         lines.append(f"| {r['block']} {r['layers']} | {r['layered_ep_us']:.0f} | {r['dense_ep_us']:.0f} | {r['speedup']:.1f}x |")
     ep = report["mnist_epoch"]
-    lines += ["", "mnist-5k epoch of `circuits/drn_mnist.toml` on the reference: "
+    lines += ["", "mnist-5k epoch of `circuits/drn_mnist.toml` on the reference (training loop only): "
               + ", ".join(f"{s} {v['seconds']:.1f} s" for s, v in ep.items()), ""]
+    base = report.get("baseline")
+    if base:
+        lines += [f"The reference of `{base['tree']}` (before the layered solver), same run:", "",
+                  "| figure | us per sample |", "|---|---|"]
+        lines += [f"| free equilibrium, {k} | {v:.1f} |" for k, v in base["fastdrn"].items()]
+        lines += [f"| EP sample, {k} | {v:.0f} |" for k, v in base["ep"].items()]
+        if "mnist_epoch_s" in base:
+            lines.append(f"| mnist-5k epoch (s) | {base['mnist_epoch_s']:.1f} |")
+        lines.append("")
     return lines
 
 
-if __name__ == "__main__":                 # pragma: no cover - python -m ffebm_sim.bench_reference
-    import json
-    import sys
-    rep = run_reference("--quick" in sys.argv, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
-    print(json.dumps(rep, indent=1))
-    print("\n".join(markdown(rep)), file=sys.stderr)

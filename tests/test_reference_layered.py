@@ -1,7 +1,8 @@
 """The layered reference solver (block elimination, layer sweeps) against the dense Newton oracle.
 
 Both solve the same equations to the same convergence test; the layered one never forms an
-``(N, N)`` matrix. They must agree to roundoff (1e-12 V, far inside the 1e-9 V of ngspice) on
+``(N, N)`` matrix. They must agree to within what that test allows (1e-11 V, plus 2e-15 A over
+the node's conductance for the weakest nodes) on
 every example block, on seeded random circuits with every nonlinearity, bias, amplifiers, wires
 and mismatch, free and nudged (current and resistive nudges, warm starts)."""
 
@@ -25,30 +26,44 @@ from ffebm_sim.spec import load_block
 from conftest import make_block, random_inputs
 
 DENSE, LAYERED = ReferenceBackend(solver="dense"), ReferenceBackend()
-AGREE_V = 1e-12
+#: Both solvers stop at |r_i| <= 1e-15 A + 1e-12 * sum |currents at i| (from different iterates):
+#: two such points of node i differ by at most about twice that over its conductance G_ii.
+AGREE_V = 1e-11
 
 
-def _agree(circuit, u, nudge=None, start=None):
+def _agree(circuit, u, nudge=None, start=None, require_ok=True):
     a = DENSE.solve(circuit, u, nudge, start=start)
     b = LAYERED.solve(circuit, u, nudge, start=start)
+    if not require_ok:
+        # a random circuit may defeat the oracle (Newton cycling on a table's kinks from a warm
+        # start, as before the layered solver): then the layered solver must say so too
+        assert a.converged.tolist() == b.converged.tolist(), (a.messages, b.messages)
+        keep = a.converged
+        if not keep.any():
+            return b
+        a, b = a.rows(keep), b.rows(keep)
     assert a.ok and b.ok, (a.messages, b.messages)
-    np.testing.assert_allclose(b.node_voltages_v.numpy(), a.node_voltages_v.numpy(), rtol=0, atol=AGREE_V)
+    g_node = torch.diagonal(network(circuit).dense_laplacian()).clamp(min=1e-30)
+    bound = (AGREE_V + 2e-15 / g_node).numpy()
+    assert (np.abs(b.node_voltages_v.numpy() - a.node_voltages_v.numpy()) <= bound).all(), \
+        float((b.node_voltages_v - a.node_voltages_v).abs().max())
     scale = float(a.source_currents_a.abs().max()) + 1e-30
     np.testing.assert_allclose(b.source_currents_a.numpy(), a.source_currents_a.numpy(), rtol=0, atol=1e-10 * scale)
     return b
 
 
-def _phases(circuit, u, seed=0):
+def _phases(circuit, u, seed=0, require_ok=True):
     """Free, +-current nudges from the free state, and a resistive nudge of either sign."""
     free = _agree(circuit, u)
     rng = np.random.default_rng(seed)
     g_out = float(np.asarray(circuit.conductances[-1]).sum(0).mean())
     i = torch.from_numpy(rng.normal(0, 1e-2 * g_out, (len(u), circuit.n_outputs)))
     for sign in (1.0, -1.0):
-        _agree(circuit, u, Nudge(currents_a=sign * i), start=free.node_voltages_v)
+        _agree(circuit, u, Nudge(currents_a=sign * i), start=free.node_voltages_v, require_ok=require_ok)
     y = torch.from_numpy(rng.uniform(-0.5, 0.5, (len(u), circuit.n_outputs)))
     for sign in (1.0, -1.0):
-        _agree(circuit, u, Nudge(conductance_s=sign * 0.1 * g_out, target_v=y), start=free.node_voltages_v)
+        _agree(circuit, u, Nudge(conductance_s=sign * 0.1 * g_out, target_v=y), start=free.node_voltages_v,
+               require_ok=require_ok)
 
 
 @pytest.mark.parametrize("path", block_specs(), ids=lambda p: p.stem)
@@ -92,7 +107,7 @@ def circuits(draw):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=circuits(), seed=st.integers(0, 1000))
 def test_random_circuits_agree_with_the_dense_oracle(c, seed):
-    _phases(c, random_inputs(c, 3, seed=seed), seed)
+    _phases(c, random_inputs(c, 3, seed=seed), seed, require_ok=False)
 
 
 def test_block_solve_is_the_dense_solve_with_held_nodes():

@@ -194,15 +194,15 @@ class ReferenceBackend(Backend):
         sweep = self.solver == "layered" and _sweepable(net)
         x = self._start(problem, algebra, None if start is None else start.to(self.device), cold_zero=sweep)
         if sweep:
-            x = layer_sweeps(net, b, x)
+            x = (layer_sweeps(net, b, x, JUNCTION_SWEEP_TOLERANCE, JUNCTION_MAX_SWEEPS) if net.diodes
+                 else layer_sweeps(net, b, x))
         x, converged, iterations, residual = self._newton(problem, algebra, x)
         messages = [("" if c else f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
                      "raise max_iterations or check the conductances")
                     for c, r in zip(converged.tolist(), residual.tolist())]
         # A node with no conductance at all (and no junction GMIN) floats: no unique answer.
         _, df, _ = net.nonlinear(x)
-        diagonal = torch.cat([blk if blk.dim() == 1 else torch.diagonal(blk) for blk in net.self_blocks()])
-        floating = (diagonal + df) <= 0
+        floating = (_diagonal(net) + df) <= 0
         if floating.any():
             names = free_node_names(circuit)
             for k in floating.any(1).nonzero().flatten().tolist():
@@ -215,25 +215,30 @@ class ReferenceBackend(Backend):
         return Equilibrium(cpu(x), cpu(src), cpu(converged), tuple(messages), iterations)
 
     @staticmethod
+    @staticmethod
     def _start(problem: Problem, algebra, start: torch.Tensor | None, cold_zero: bool = False) -> torch.Tensor:
-        """The first iterate: a warm start, or (``cold_zero``) 0 V, or the linear network (diodes
-        open) pulled inside the rails."""
+        """The first iterate: a warm start (e.g. the free state of a nudged phase, usually one or
+        two iterations from the answer) as given; else 0 V (``cold_zero``, for layer sweeps) or the
+        linear network (junctions open) with every conducting junction's voltage brought down to
+        ``N Vt ln(1 + G_i (x_i - rail) / IS)``: the junction carrying all the current the node's
+        conductances ``G_i`` would push at the rail, an upper bound. Newton on the convex
+        exponential then starts at or beyond the answer, where it converges without overshoot,
+        and exp() stays representable."""
         net, b = problem.net, problem.b
         if start is not None and bool(torch.isfinite(start).all()):
-            # A warm start (e.g. the free state of a nudged phase): usually one or two iterations.
             x = start.to(DTYPE).clone()
         elif cold_zero:
             x = torch.zeros_like(b)
         else:
             x = torch.nan_to_num(algebra.linear_start(b), nan=0.0, posinf=1.0, neginf=-1.0)
-        for g in net.diodes:
-            # A few thermal voltages past the rail: the junction conducts there, but
-            # exp() stays small, so Newton starts where the model is well scaled.
-            rail_margin = 10.0 * g.vte
-            if g.upward:
-                x[:, g.nodes] = torch.minimum(x[:, g.nodes], g.rail_v + rail_margin)
-            else:
-                x[:, g.nodes] = torch.maximum(x[:, g.nodes], g.rail_v - rail_margin)
+            if net.diodes:
+                g_node = _diagonal(net)
+                for g in net.diodes:
+                    xv = x[:, g.nodes]
+                    excess = (xv - g.rail_v if g.upward else g.rail_v - xv).clamp(min=0.0)
+                    vd = g.vte * torch.log1p(excess * g_node[g.nodes] / g.isat)
+                    x[:, g.nodes] = (torch.minimum(xv, g.rail_v + vd) if g.upward
+                                     else torch.maximum(xv, g.rail_v - vd))
         return torch.maximum(torch.minimum(x, net.upper), net.lower)
 
     def _newton(self, problem: Problem, algebra, x: torch.Tensor):
@@ -306,16 +311,71 @@ class _State:
             getattr(self, name)[idx] = getattr(other, name)
 
 
+def _diagonal(net: LayeredNetwork) -> torch.Tensor:
+    """``(N,)`` the diagonal of ``L``: each node's total conductance to its neighbours and fixed potentials."""
+    return torch.cat([blk if blk.dim() == 1 else torch.diagonal(blk) for blk in net.self_blocks()])
+
+
 def _sweepable(net: LayeredNetwork) -> bool:
-    """Exact layer sweeps apply: every layer linear in its own nodes with a diagonal self block
-    (no wires, no junction or table; hard bounds allowed)."""
-    return not net.wires and not net.diodes and not net.pwls
+    """Layer sweeps apply: every layer's self block diagonal (no wires) and every node's own
+    problem solvable in closed form (a clip, a junction, nothing; a table has none)."""
+    return not net.wires and not net.pwls
 
 
 #: Layer sweeps stop when no node moved by more than this fraction of the largest node voltage
 #: (about the convergence test's 1e-12 relative current); Newton then checks and finishes.
 SWEEP_TOLERANCE = 1e-12
 MAX_SWEEPS = 40
+#: With junctions the sweeps are a warm start for Newton (which converges quadratically near
+#: the answer): they stop earlier.
+JUNCTION_SWEEP_TOLERANCE = 1e-4
+JUNCTION_MAX_SWEEPS = 6
+
+
+def junction_minimiser(m: torch.Tensor, d: torch.Tensor, up, down, gmin: float) -> torch.Tensor:
+    """The node voltages minimising ``d (x - m)^2 / 2 + C(x)``, ``C`` the co-content of the node's
+    clamp junctions with GMIN. ``up``, ``down``: ``(rail, IS, N Vt)`` per node (``(n,)`` each) of the
+    junctions node -> rail and rail -> node (rails at ``+inf``/``-inf`` where there is none). Where
+    a node is driven past a rail (``s (m - rail) > 0``, ``s = +1`` up, ``-1`` down) that junction
+    conducts and ``d (x - m) + IS (exp(s (x - rail) / N Vt) - 1) + GMIN (x - rail) = 0`` is solved
+    with Lambert's W (``y = s (x - rail) / N Vt``, ``A y + IS e^y = c``: ``y = c/A - W(IS/A e^(c/A))``,
+    ``W`` by four Newton steps on ``w + ln w = L`` from ``L - ln L``); elsewhere the junctions carry at
+    most IS and ``m`` is kept. The reverse-biased junction is left out: the sweeps are Newton's
+    warm start, Newton finishes."""
+    conducts_up = m > up[0]
+    sign = torch.where(conducts_up, 1.0, -1.0)
+    rail, isat, vte = (torch.where(conducts_up, u, w) for u, w in zip(up, down))
+    on = conducts_up | (m < down[0])
+    rail = torch.where(on, rail, torch.zeros_like(rail))          # finite where unused
+    dg = d + gmin
+    u = sign * ((d * m + gmin * rail) / dg - rail)                 # forward drive past the rail (V)
+    a = dg * vte
+    c = dg * u + isat
+    big = torch.log(isat / a) + c / a                              # L = ln(IS/A) + c/A
+    w = torch.where(big > 1.0, big - torch.log(big.clamp(min=1.0)), torch.exp(big.clamp(max=1.0)))
+    for _ in range(4):
+        w = w - (w + torch.log(w) - big) / (1.0 + 1.0 / w)
+    return torch.where(on, rail + sign * vte * (c / a - w), m)
+
+
+def _layer_junctions(net: LayeredNetwork, k: int):
+    """``(up, down)`` of :func:`junction_minimiser` for layer k (0-based), or None without junctions."""
+    sl = net.slices[k]
+    n = sl.stop - sl.start
+    groups = [g for g in net.diodes if sl.start <= int(g.nodes[0]) < sl.stop]
+    if not groups:
+        return None
+    ends = []
+    for upward in (True, False):
+        rail = torch.full((n,), torch.inf if upward else -torch.inf, dtype=DTYPE, device=net.device)
+        isat = torch.ones(n, dtype=DTYPE, device=net.device)
+        vte = torch.ones(n, dtype=DTYPE, device=net.device)
+        for g in groups:
+            if g.upward == upward:
+                local = g.nodes - sl.start
+                rail[local], isat[local], vte[local] = g.rail_v, g.isat, g.vte
+        ends.append((rail, isat, vte))
+    return ends[0], ends[1], groups[0].model.gmin_s
 
 
 def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, tolerance: float = SWEEP_TOLERANCE,
@@ -323,19 +383,23 @@ def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, toleranc
     """Exact block coordinate descent on ``E_w`` (Scellier 2024, "A fast algorithm to simulate
     nonlinear resistive networks"): the odd layers, then the even ones. With its neighbours
     fixed a layer's nodes are independent (bipartite layers) and each one's minimiser is the
-    weighted mean of its neighbours and fixed potentials, clipped to its bounds (the exact
-    minimiser of a convex quadratic on an interval):
+    weighted mean of its neighbours and fixed potentials,
 
-        x_k = clip((b_k + x_{k-1} @ forward_k + x_{k+1} @ backward_{k+1}^T) / S_k)
+        m_k = (b_k + x_{k-1} @ forward_k + x_{k+1} @ backward_{k+1}^T) / S_k
 
     (the block row of :mod:`ffebm_sim.interactions` set to zero, ``S_k`` the diagonal self
-    block; the domain weights scale the whole row and drop out). The divisions are folded
-    into the blocks once. Stops when a sweep moves no node by more than ``tolerance`` times
-    the largest ``|x|``, or after ``max_sweeps``."""
+    block; the domain weights scale the whole row and drop out), clipped to its bounds (the
+    exact minimiser of a convex quadratic on an interval), or moved by its conducting junction
+    (:func:`junction_minimiser`). The divisions are folded into the blocks once. Stops when a
+    sweep moves no node of the layer updated last by more than ``tolerance`` times that
+    layer's largest ``|x|`` (its neighbours have then settled too: it is their weighted mean),
+    or after ``max_sweeps``; the Newton iteration that follows checks the KCL test."""
     m = net.depth
-    inv_d = [1.0 / d for d in net.self_blocks()]
+    blocks = net.self_blocks()
+    inv_d = [1.0 / d for d in blocks]
     lower, upper = net.layers(net.lower[None, :]), net.layers(net.upper[None, :])
     xl = net.layers(x)
+    junctions = [_layer_junctions(net, k) for k in range(m)]
     steps = []
     for k in range(m):
         terms = []
@@ -352,6 +416,8 @@ def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, toleranc
             for j, M in terms:
                 new = torch.addmm(new, xl[j], M)
             new = torch.clamp(new, lower[k], upper[k])
+            if junctions[k] is not None:
+                new = junction_minimiser(new, blocks[k], *junctions[k])
             if k == last:
                 moved, size = torch.linalg.vector_norm(new - xl[k], float("inf")), new.abs().max()
             xl[k].copy_(new)
