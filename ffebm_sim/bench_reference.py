@@ -162,6 +162,8 @@ _BASELINE = r"""
 import json, statistics, sys, time, numpy as np, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
+import ffebm_sim
+print("tree", ffebm_sim.__file__, file=sys.stderr)
 from bench_reference_new import FASTDRN_NETWORKS, BATCH, fastdrn_circuit, fastdrn_inputs, DRN_MNIST, SMALL
 from ffebm_sim.backends.reference import ReferenceBackend
 from ffebm_sim.ep import ep_gradients
@@ -209,8 +211,9 @@ def baseline(tree: str | Path, rounds: int = 5, epoch: bool = True) -> dict:
                .replace("ROOT = Path(__file__).resolve().parent.parent", f"ROOT = Path({str(ROOT)!r})"))
         (Path(tmp) / "bench_reference_new.py").write_text(src)
         env = {**__import__("os").environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+        # cwd: the temporary directory, so that no ffebm_sim but the tree's is importable
         r = subprocess.run([sys.executable, "-c", _BASELINE, tmp, str(rounds), "1" if epoch else "0"],
-                           capture_output=True, text=True, env=env, timeout=3600)
+                           capture_output=True, text=True, env=env, timeout=3600, cwd=tmp)
     if r.returncode:
         raise RuntimeError(f"baseline tree {tree}: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

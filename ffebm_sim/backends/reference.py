@@ -1,4 +1,4 @@
-"""The torch reference solver: batched float64 Newton on the block's KCL.
+"""The torch reference solver: batched float64 layer sweeps and Newton on the block's KCL.
 
 Unknowns are the free-node voltages ``x`` (layers 1..m). The current leaving
 every free node is
@@ -27,11 +27,19 @@ symmetric: ``W r`` is the gradient of the weighted co-content
 ``E_w = x^T (W L) x / 2 - (W b)^T x + sum w_i C_i(x)``, convex, whose minimiser
 is the same operating point. Newton solves ``(W J) dx = -W r`` (Cholesky) and
 line-searches on ``E_w``; convergence is judged on the physical currents ``r``.
-Without amplifiers ``W = I`` and nothing changes. The terms of ``L``, ``b`` and ``f`` are the interactions of
-:mod:`ffebm_sim.interactions`, written there once. The ``ideal``
-nonlinearity is the hard clip ``-v_off <= x <= v_off`` (no junction at all),
-handled by projected Newton: nodes at a bound whose gradient points outward
-are held there.
+Without amplifiers ``W = I`` and nothing changes. The terms of ``L``, ``b`` and
+``f`` are the interactions of :mod:`ffebm_sim.interactions`, written there once.
+The ``ideal`` nonlinearity is the hard clip ``-v_off <= x <= v_off`` (no junction
+at all), handled by projected Newton: nodes at a bound whose gradient points
+outward are held there.
+
+**Layered** (the default, ``solver="layered"``): layers are bipartite, so ``W J``
+is block tridiagonal and each Newton step is a block elimination
+(:mod:`ffebm_sim.backends.blocktri`), never a ``(B, N, N)`` array; before Newton,
+exact layer sweeps (:func:`layer_sweeps`) solve ``ideal`` networks to the
+tolerance and bring junction networks within a step or two of it. ``solver="dense"``
+is the former dense Newton, kept as the oracle the layered solver is tested
+against. The line search, the convergence test and the warm starts are the same.
 
 Converged means, at every free node, ``|r_i| <= abstol_a + reltol * s_i``
 where ``s_i`` is the sum of the magnitudes of the currents meeting at that
