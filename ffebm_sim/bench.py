@@ -516,6 +516,8 @@ def _run_solvers(quick: bool, log) -> dict:
         blocks["block_256_128_10"] = _wide_block(256, 128, 10, seed=8)
     blocks[drn.name] = drn
     out["methods"] = method_table(blocks, 2 if quick else 4, rounds=2 if quick else 3)
+    from .bench_reference import run_reference
+    out["reference_solver"] = run_reference(quick, log)      # layered vs dense reference (issue 16)
     out["machine"]["loadavg_end"] = list(os.getloadavg())
     return out
 
@@ -596,6 +598,9 @@ def markdown(report: dict) -> str:
         load = "-".join(f"{x:.1f}" for x in row.get("loadavg_1min", []))
         lines.append(f"| {row['block']} | {row['layers']} | " + " | ".join(cells) +
                      f" | {f(row['reference_ep_s'])} | {row.get('fastest', '')} | {row['auto']} | {load} |")
+    if report.get("reference_solver"):
+        from .bench_reference import markdown as reference_markdown
+        lines += [""] + reference_markdown(report["reference_solver"])
     lines += ["", f"Reproduce: `{report.get('command', 'ffebm bench solvers')}`.", ""]
     return "\n".join(lines)
 

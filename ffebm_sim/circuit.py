@@ -571,11 +571,19 @@ def source_voltages(circuit: BlockCircuit, inputs):
     ``inputs``: ``(..., n_0)`` unitless features, a numpy array or a torch tensor (the
     result is of the same kind). ``-a*u`` is written as the exact negation of ``a*u``.
     """
-    plus = circuit.input_gain_v * inputs
-    if isinstance(plus, np.ndarray):
+    a = circuit.input_gain_v
+    if not hasattr(inputs, "requires_grad"):
+        plus = a * inputs
         return np.concatenate([plus, -plus], axis=-1)
     import torch          # only for tensors: this module stays free of torch
-    return torch.cat([plus, -plus], dim=-1)
+    if inputs.requires_grad:
+        plus = a * inputs
+        return torch.cat([plus, -plus], dim=-1)
+    n = inputs.shape[-1]          # into one array (a batch of 784-pixel inputs is megabytes)
+    out = torch.empty(*inputs.shape[:-1], 2 * n, dtype=torch.result_type(inputs, a), device=inputs.device)
+    torch.mul(inputs, a, out=out[..., :n])
+    torch.neg(out[..., :n], out=out[..., n:])
+    return out
 
 
 def output_conductance_s(circuit: BlockCircuit) -> float:

@@ -260,7 +260,8 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
                    "pulses requested and needs a different value than Adam's (default per preset and rule, see "
                    "docs/hardware.md).")
 @click.option("--device", help="Update conductances as pulses on devices of this preset "
-                               "(ideal, reram, ecram, pcm) instead of Adam; digital blocks keep Adam.")
+                               "(ideal, reram, ecram, pcm) instead of Adam; digital blocks keep Adam. "
+                               "cpu or cuda: the reference solver's torch device (as --torch-device).")
 @click.option("--update", help="With --device: the update rule, sgd (default), mixed, tiki-taka or shd.")
 @click.option("--update-option", "update_options", multiple=True, metavar="KEY=VALUE",
               help="With --device: a rule option, e.g. coupling=0.02 (repeatable).")
@@ -282,8 +283,11 @@ def gradcheck(model, backend, beta, batch, seed, data, one_sided, as_json, plot,
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="ngspice worker processes (one libngspice each).")
 @click.option("--scheduler", help="ngspice: a Dask scheduler address tcp://HOST:PORT instead of local workers.")
+@click.option("--torch-device", help="The reference solver's torch device: cpu (default) or cuda "
+                                     "(large batches of large blocks, docs/speed.md).")
 def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_analog, device, update, update_options,
-          freeze_analog, freeze_digital, beta, seed, on_failure, out, resume, as_json, workers, scheduler):
+          freeze_analog, freeze_digital, beta, seed, on_failure, out, resume, as_json, workers, scheduler,
+          torch_device):
     """Train an ff-EBM: backprop through digital blocks, EP (or implicit) through energy blocks.
 
     With --device PRESET the conductances are updated by pulses on devices of
@@ -309,7 +313,18 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
                             f"do the solves with --scheduler, --workers N starts N local processes")
         from .backends.dask_engine import check_scheduler_address
         scheduler = check_scheduler_address(scheduler)
+    if device is not None and device.split(":")[0] in ("cpu", "cuda"):
+        # not a conductance preset: the reference solver's torch device, as --torch-device
+        if torch_device is not None and torch_device != device:
+            raise SpecError(f"--device {device} and --torch-device {torch_device}: give the torch device once")
+        device, torch_device = None, device
     options = {}
+    if torch_device is not None:
+        if backend != "reference":
+            raise SpecError(f"--torch-device {torch_device}: it places the reference solver; use it with "
+                            "--backend reference")
+        from .backends.reference import torch_device as _check_device
+        options["device"] = str(_check_device(torch_device))
     if workers > 1:
         options["workers"] = workers
     if scheduler:
@@ -346,6 +361,7 @@ def train(model, data, data_dir, backend, gradient, epochs, batch_size, lr, lr_a
 
 #: train's click parameters that are spelled differently in TrainConfig.
 TRAIN_FIELDS = {"beta": "beta_v", "workers": "backend_options", "scheduler": "backend_options",
+                "torch_device": "backend_options",
                 "update_options": "update_options"}
 
 from .bench import bench  # noqa: E402  (a click group defined in its own module)

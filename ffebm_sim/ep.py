@@ -33,7 +33,7 @@ by ``2*beta_s`` give ``dl_b/dtheta``; ``beta_s = beta_v * g_out / max|V - y|``.
 mismatch the hardware conducts ``G*f`` (``f`` the element's factor), so
 ``dE/dG = f * dV**2 / 2``. With wire resistance (crossbars) ``dV`` is the drop
 across the device between its own cross-point nodes, not between the line
-ends: :func:`~ffebm_sim.backends.reference.crossbar_drops` recovers it exactly
+ends: :func:`~ffebm_sim.crossbar.crossbar_drops` recovers it exactly
 from the terminal (free-node and source) voltages of either backend, the
 crossbar's internal nodes being linear. Source partials stay the currents the
 sources deliver.
@@ -65,9 +65,10 @@ import numpy as np
 import torch
 
 from .backends.base import Backend, Equilibrium, Nudge, source_voltages
-from .amplifier import back_current, drive_voltage
-from .backends.reference import DTYPE, _nonlinear, build_network, crossbar_drops
+from .backends.blocktri import block_solve
 from .circuit import BlockCircuit, output_conductance_s
+from .crossbar import crossbar_drops
+from .interactions import DTYPE, layered_network, network
 
 DEFAULT_BETA_V = 1e-3
 
@@ -165,37 +166,40 @@ def ep_energy_scales(circuit: BlockCircuit) -> np.ndarray:
     return w / w[-1]
 
 
-def energy_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq: Equilibrium):
-    """Per-sample dE/dtheta at an equilibrium: (factor times) voltage drops squared / 2, and source
-    currents; with amplifiers, of ``E_w / w_out`` (each times :func:`ep_energy_scales`)."""
-    x = eq.node_voltages_v
+def contrasted_partials(circuit: BlockCircuit, inputs: torch.Tensor, eq_a: Equilibrium, eq_b: Equilibrium,
+                        weights: torch.Tensor):
+    """``sum_b w_b (dE/dtheta(a) - dE/dtheta(b))`` of two phases ``a``, ``b`` of the same inputs: per
+    conductance (factor times) the voltage drops squared / 2, contracted over the batch without a
+    ``(B, rows, cols)`` array (:meth:`~ffebm_sim.interactions.Coupling.contrasted_partials`); and per
+    sample ``w_b (I_src(a) - I_src(b))``. With amplifiers, of ``E_w / w_out`` (each times
+    :func:`ep_energy_scales`). Returns ``(d_g, d_bp, d_bn, d_src)``."""
     v_src = source_voltages(circuit, inputs)
     m = circuit.depth
     d_bp = d_bn = None
     if circuit.has_wires:
-        drops = crossbar_drops(circuit, v_src, x)
+        # the drops across the devices between their own cross-point nodes (small blocks: per sample)
+        drops = [crossbar_drops(circuit, v_src, eq.node_voltages_v) for eq in (eq_a, eq_b)]
         n_rows = [2 * circuit.n_inputs] + list(circuit.layer_sizes[1:-1])
-        d_g = [0.5 * drops[k][:, :n_rows[k], :] ** 2 for k in range(m)]
+        wk = weights[:, None, None]
+        both = [(wk * 0.5 * (da ** 2 - db ** 2)).sum(0) for da, db in zip(*drops)]
+        d_g = [both[k][:n_rows[k]] for k in range(m)]
         if circuit.has_bias:
-            d_bp = [0.5 * drops[k][:, -2, :] ** 2 for k in range(m)]
-            d_bn = [0.5 * drops[k][:, -1, :] ** 2 for k in range(m)]
+            d_bp, d_bn = [both[k][-2] for k in range(m)], [both[k][-1] for k in range(m)]
     else:
-        layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, m + 1)]
-        # what drives crossbar k: layer k-1, or its amplifiers' outputs A*x_{k-1}
-        drives = [layers[0]] + [drive_voltage(layers[k - 1], circuit.drive_gain(k)) if circuit.drive_gain(k) != 1.0
-                                else layers[k - 1] for k in range(2, m + 1)]
-        d_g = [0.5 * (drives[k - 1][:, :, None] - layers[k][:, None, :]) ** 2 for k in range(1, m + 1)]
+        net = network(circuit)
+        la, lb = ([v_src] + net.layers(eq.node_voltages_v) for eq in (eq_a, eq_b))
+        d_g = [c.contrasted_partials(la[k - 1], la[k], lb[k - 1], lb[k], weights)
+               for k, c in enumerate(net.couplings, start=1)]
         if circuit.has_bias:
-            vb = circuit.bias_voltage_v
-            d_bp = [0.5 * (layers[k] - vb) ** 2 for k in range(1, m + 1)]
-            d_bn = [0.5 * (layers[k] + vb) ** 2 for k in range(1, m + 1)]
+            d_bp, d_bn = map(list, zip(*(bias.contrasted_partials(la[k], lb[k], weights)
+                                        for k, bias in enumerate(net.biases, start=1))))
     if circuit.mismatch is not None and circuit.mismatch.conductance_sigma > 0:
         d_g = [d * torch.tensor(circuit.conductance_factors(k)) for k, d in enumerate(d_g, start=1)]
         if circuit.has_bias:
             f = [circuit.bias_factors(k) for k in range(1, m + 1)]
             d_bp = [d * torch.tensor(fk[0]) for d, fk in zip(d_bp, f)]
             d_bn = [d * torch.tensor(fk[1]) for d, fk in zip(d_bn, f)]
-    src = eq.source_currents_a
+    src = weights[:, None] * (eq_a.source_currents_a - eq_b.source_currents_a)
     if circuit.has_amplifiers:
         scale = [float(s) for s in ep_energy_scales(circuit)]
         d_g = [d * s for d, s in zip(d_g, scale)]
@@ -269,18 +273,11 @@ def ep_gradients(circuit: BlockCircuit, backend: Backend, inputs: torch.Tensor, 
     else:
         minus = Equilibrium(free.node_voltages_v[idx], free.source_currents_a[idx], free.converged[idx])
         denom = beta[idx]
-    p, m = energy_partials(circuit, u, plus), energy_partials(circuit, u, minus)
-    w = (weights[idx] / denom)
-
-    def combine(a, b):
-        return (w.view(-1, *([1] * (a.dim() - 1))) * (a - b)).sum(0)
-
+    d_g, d_bp, d_bn, d_vsrc = contrasted_partials(circuit, u, plus, minus, weights[idx] / denom)
     out = zero_grads
-    out.conductances = [combine(a, b) for a, b in zip(p[0], m[0])]
+    out.conductances = d_g
     if circuit.has_bias:
-        out.bias_pos = [combine(a, b) for a, b in zip(p[1], m[1])]
-        out.bias_neg = [combine(a, b) for a, b in zip(p[2], m[2])]
-    d_vsrc = w[:, None] * (p[3] - m[3])                       # dL/dV_src per sample
+        out.bias_pos, out.bias_neg = d_bp, d_bn
     n0 = circuit.n_inputs
     out.inputs[idx] = circuit.input_gain_v * (d_vsrc[:, :n0] - d_vsrc[:, n0:])
     out.solves = (2 if centered else 1) * len(idx)
@@ -292,24 +289,37 @@ def kcl_residual(circuit: BlockCircuit, conductances, bias_pos, bias_neg, x: tor
     """The linear (parameter-dependent) part of the KCL residual, differentiable in every argument.
 
     Current leaving each free node through resistors, amplifier inputs (the CCCS
-    draws ``i_out/A``) and bias conductances (A); the nonlinear elements do not
-    depend on the parameters and are left out.
+    draws ``i_out/A``) and bias conductances (A): ``r_lin`` of
+    :mod:`ffebm_sim.interactions`, built from the given *actual* conductances (no
+    wires); the nonlinear elements do not depend on the parameters and are left out.
     """
-    layers = [v_src] + [x[:, circuit.layer_slice(k)] for k in range(1, circuit.depth + 1)]
-    r = [torch.zeros_like(layers[k]) for k in range(circuit.depth + 1)]
-    for k in range(1, circuit.depth + 1):
-        g = conductances[k - 1]
-        gain = circuit.drive_gain(k)
-        drive = layers[k - 1] if gain == 1.0 else drive_voltage(layers[k - 1], gain)
-        r[k] = r[k] + layers[k] * g.sum(0) - drive @ g
-        if k >= 2:
-            i_out = drive * g.sum(1) - layers[k] @ g.T       # into crossbar k from layer k-1 (or its amplifiers)
-            r[k - 1] = r[k - 1] + (i_out if gain == 1.0 else back_current(i_out, gain))
-    if bias_pos is not None:
-        vb = circuit.bias_voltage_v
-        for k in range(1, circuit.depth + 1):
-            r[k] = r[k] + layers[k] * (bias_pos[k - 1] + bias_neg[k - 1]) - (bias_pos[k - 1] - bias_neg[k - 1]) * vb
-    return torch.cat(r[1:], dim=1)
+    bias = None if bias_pos is None else (bias_pos, bias_neg)
+    return layered_network(circuit, conductances=conductances, bias=bias).linear_currents(x, v_src)
+
+
+def adjoint(net, x: torch.Tensor, delta: torch.Tensor, dense: bool = False) -> torch.Tensor:
+    """``(B, N)`` the adjoint ``lambda = J^-T dL/dx`` at the equilibrium ``x`` (``dL/dx`` is ``delta`` on
+    the outputs), ``J = L + diag(f'(x))``; nodes held at an ideal clip's bound get ``lambda = 0``.
+
+    ``W J`` is symmetric (``W`` the domain weights, all 1 without amplifiers), so
+    ``J^T = W J W^-1`` and ``lambda = W (W J)^-1 dL/dx``: the layered block elimination of the
+    solver (:func:`~ffebm_sim.backends.blocktri.block_solve`); ``dense``: one ``(N, N)`` solve per
+    sample (the oracle it is tested against)."""
+    _, df, _ = net.nonlinear(x)
+    B, N = x.shape
+    g = torch.zeros(B, N, dtype=DTYPE)
+    g[:, net.out_slice] = delta.to(DTYPE)
+    held = None
+    if net.has_bounds:
+        held = (x >= net.upper) | (x <= net.lower)
+        g = g * (~held)
+    if not dense:
+        return net.weighted(block_solve(net, df, held, g))
+    J = net.dense_laplacian() + torch.diag_embed(df)
+    if held is not None:
+        keep = (~held).to(DTYPE)
+        J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
+    return torch.linalg.solve(J.transpose(-1, -2), g.unsqueeze(-1)).squeeze(-1)
 
 
 def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equilibrium,
@@ -317,20 +327,8 @@ def implicit_gradients(circuit: BlockCircuit, inputs: torch.Tensor, free: Equili
     """Exact dL/dtheta of the circuit at the (reference) equilibrium ``free``."""
     inputs = inputs.to(DTYPE)
     x = free.node_voltages_v.to(DTYPE)
-    net = build_network(circuit, ideal_as_clip=True)
-    _, df, _ = _nonlinear(net, x)
-    B, N = x.shape
-    J = net.laplacian + torch.diag_embed(df)
-    g = torch.zeros(B, N, dtype=DTYPE)
-    g[:, net.out_slice] = delta.to(DTYPE)
-    if net.has_bounds:
-        held = (x >= net.upper) | (x <= net.lower)
-        keep = (~held).to(DTYPE)
-        J = J * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(held.to(DTYPE))
-        g = g * keep
-    if circuit.has_amplifiers:
-        J = J.transpose(-1, -2)          # the adjoint system J^T lambda = dL/dx (J is unsymmetric)
-    lam = torch.linalg.solve(J, g.unsqueeze(-1)).squeeze(-1)
+    net = network(circuit, ideal_as_clip=True)
+    lam = adjoint(net, x, delta)
     if circuit.has_wires:
         return _implicit_crossbar(circuit, inputs, x, lam, net)
     factors = [torch.tensor(circuit.conductance_factors(k)) for k in range(1, circuit.depth + 1)]
@@ -375,7 +373,7 @@ def _implicit_crossbar(circuit: BlockCircuit, inputs: torch.Tensor, x: torch.Ten
         f = [circuit.bias_factors(k) for k in range(1, m + 1)]
         bp = [prod[k][-2] * torch.tensor(f[k][0]) for k in range(m)]
         bn = [prod[k][-1] * torch.tensor(f[k][1]) for k in range(m)]
-    # dL/dV_src = -lambda^T dr/dV_src, r = L x - v_src @ src_coupling - ...
-    d_vsrc = lam @ net.src_coupling.T
+    # dL/dV_src = -lambda^T dr/dV_src; the sources drive layer 1 only: dr_1/dV_src = -forward^T
+    d_vsrc = lam[:, net.slices[0]] @ net.couplings[0].forward.T
     n0 = circuit.n_inputs
     return BlockGradients(g, bp, bn, circuit.input_gain_v * (d_vsrc[:, :n0] - d_vsrc[:, n0:]))

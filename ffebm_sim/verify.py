@@ -156,9 +156,9 @@ def _report(circuit, samples, phases, solvers, inputs, emitted, max_dv, max_di, 
 def _conducting_fraction(circuit: BlockCircuit, volts: torch.Tensor, threshold_a: float = 1e-7) -> float:
     """Share of (sample, nonlinear element) pairs carrying more than ``threshold_a``:
     is the nonlinearity exercised at all? (Diodes: forward current; tables: |current|.)"""
-    from .backends.reference import build_network
     from .devices import diode_current, pwl_current_and_conductance
-    net = build_network(circuit, ideal_as_clip=False)
+    from .interactions import network
+    net = network(circuit, ideal_as_clip=False)
     on = total = 0
     for g in net.diodes:
         x = volts[:, g.nodes]

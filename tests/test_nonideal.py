@@ -17,7 +17,7 @@ import torch
 
 from ffebm_sim.backends import ReferenceBackend
 from ffebm_sim.backends.ngspice import NgspiceBackend
-from ffebm_sim.backends.reference import crossbar_node_voltages
+from ffebm_sim.crossbar import crossbar_node_voltages
 from ffebm_sim.backends.base import source_voltages
 from ffebm_sim.circuit import Mismatch, column_node_name, free_node_names, row_node_name
 from ffebm_sim.devices import thermal_voltage_v, saturation_current_at

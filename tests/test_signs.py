@@ -56,23 +56,23 @@ def test_spice_branch_current_is_the_opposite_sign():
 def test_source_current_is_energy_gradient(backend):
     """dE*/dV_src (finite differences of the minimum energy) equals the delivered current."""
     from conftest import make_block
-    from ffebm_sim.backends.reference import _energy, build_network
+    from ffebm_sim.interactions import network
     c = make_block((4, 3, 2), kind="double", seed=2)
     u = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (1, 4)))
     ref = ReferenceBackend()
     eq = get_backend(backend).solve(c, u)
     a = c.input_gain_v
+    g_in = torch.tensor(np.array(c.conductances[0]))
 
     def min_energy(u_vec):
         """Energy at the equilibrium, as a function of the input (through the source voltages)."""
         e = ref.solve(c, u_vec)
-        net = build_network(c)
+        net = network(c)
         v_src = torch.cat([a * u_vec, -a * u_vec], 1)
-        b = v_src @ net.g_in
-        b = torch.cat([b, torch.zeros(1, c.n_free - b.shape[1], dtype=b.dtype)], 1)
+        x = e.node_voltages_v
         # the energy of the sources' own resistors to layer 1: sum G (v_s)^2 / 2 is part of E
-        const = 0.5 * (net.g_in * v_src[0, :, None] ** 2).sum()
-        return float(_energy(net, net.laplacian, b, e.node_voltages_v)[0] + const)
+        const = 0.5 * (g_in * v_src[0, :, None] ** 2).sum()
+        return float(net.energy(x, net.linear_currents(x, v_src), net.fixed_currents(v_src))[0] + const)
 
     h = 1e-6
     # Perturb u_0: V(+0) moves by +a*h and V(-0) by -a*h, so dE/du_0 = a*(I(+0) - I(-0)).

@@ -52,10 +52,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..backends.reference import _nonlinear, build_network
 from ..circuit import BlockCircuit, free_node_names
 from ..elements import Elements, kron_couplings
 from ..errors import SpecError
+from ..interactions import network
 from ..netlist import num
 from .spice import transient
 
@@ -149,14 +149,14 @@ def slowest_time_constant(circuit: BlockCircuit, node_voltages: np.ndarray, capa
     weights, docs/amplifier.md), so ``J v = lambda C v`` is the symmetric problem
     ``W J v = lambda W C v``: real, positive eigenvalues, solved as such.
     """
-    net = build_network(circuit, ideal_as_clip=False)
+    net = network(circuit, ideal_as_clip=False)
     x = torch.as_tensor(np.atleast_2d(node_voltages), dtype=torch.float64)
-    _, df, _ = _nonlinear(net, x)
-    L = net.laplacian.clone()
+    _, df, _ = net.nonlinear(x)
+    L = net.dense_laplacian()
     if nudge_conductance_s:
         idx = torch.arange(net.out_slice.start, net.out_slice.stop)
         L[idx, idx] += abs(nudge_conductance_s)
-    w = torch.ones(L.shape[0], dtype=torch.float64) if net.weights is None else net.weights
+    w = torch.ones(L.shape[0], dtype=torch.float64) if net.node_weights is None else net.node_weights
     s = torch.as_tensor(1.0 / np.sqrt(capacitances_f), dtype=torch.float64) / torch.sqrt(w)
     J = w[:, None] * (L + torch.diag_embed(df)) * s[None, :, None] * s[None, None, :]
     lam = torch.linalg.eigvalsh(J)[:, 0]

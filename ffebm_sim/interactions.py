@@ -1,0 +1,567 @@
+"""The physics of an energy block as interactions between its layers, each term written once.
+
+Every solver (:mod:`ffebm_sim.backends.reference`, dense and layered), EP's energy
+partials and the implicit gradient (:mod:`ffebm_sim.ep`) and the settling analysis
+(:mod:`ffebm_sim.analyze.settling`) use these objects; no other module writes a
+KCL, bias or drop term.
+
+Unknowns are the free-node voltages ``x = [x_1 | ... | x_m]`` (layers 1..m, V).
+The current leaving every free node (A) is
+
+    r(x) = r_lin(x) + f(x),      r_lin(x) = L x - b,
+
+a sum over the block's interactions, as in rain's energy-based-learning
+(``DenseResistive``): each owns its energy term, the currents it draws out of
+the nodes it touches (the gradient of that term) and its parameter gradient.
+
+* :class:`Coupling`, crossbar k between its row drivers ``v`` (the input
+  sources ``[+a*u, -a*u]`` for k = 1, else layer k-1 or the amplifier outputs
+  ``A*x_{k-1}``, :mod:`ffebm_sim.amplifier`) and its columns ``x_k``. Without
+  wires its devices have the *actual* conductances ``G`` (mismatch factors
+  applied), the drop across device ``(i, j)`` is ``A v_i - x_j`` and its energy
+  ``G_ij * drop**2 / 2`` (J); the currents are
+
+      leaving column j:      x_j * sum_i G_ij - sum_i G_ij * A v_i
+      leaving row driver i:  (A v_i * sum_j G_ij - sum_j G_ij x_j) / A   (the CCCS draws i_out / A)
+
+  With wire resistance the crossbar is its exact Kron reduction
+  (:mod:`ffebm_sim.crossbar`): the same form with dense self blocks and the bias
+  rails' constant currents.
+* :class:`Ties`, conductances from a layer's nodes to fixed potentials: layer k's
+  bias ``g_+``, ``g_-`` to the rails ``+-V_b`` (drops ``x - V_b``, ``x + V_b``), the
+  resistive nudge ``beta`` to the targets ``y``; energy ``g * drop**2 / 2``.
+* the nonlinear groups (:class:`DiodeGroup`, :class:`PwlGroup`, the hard bounds of
+  an ``ideal`` layer), with the laws of :mod:`ffebm_sim.devices`.
+
+Layers are bipartite (no conductance inside a layer, wires aside), so ``L`` is
+block tridiagonal: per layer a *self* block (a diagonal, kept as a vector; a dense
+matrix with wires) and between adjacent layers the coupling blocks ``-forward^T``
+(``dr_k/dx_{k-1}``) and ``-backward`` (``dr_{k-1}/dx_k``). ``r_lin`` is evaluated
+from these blocks, never from a dense ``L`` (:meth:`LayeredNetwork.dense_laplacian`
+builds one for dense solvers and eigenvalue analyses).
+
+**Amplifiers** make ``L`` unsymmetric; the layer weights ``w_k``
+(``BlockCircuit.domain_weights``) make ``W L`` symmetric and ``W r`` the gradient
+of the weighted co-content
+
+    E_w(x) = x^T (W L) x / 2 - (W b)^T x + sum_i w_i C_i(x)
+           = sum_i w_i x_i (r_lin,i(x) - b_i) / 2 + sum_i w_i C_i(x),
+
+(:meth:`LayeredNetwork.energy`), convex, minimised at the operating point.
+Without amplifiers ``W = I``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .amplifier import back_current, drive_voltage
+from .circuit import BlockCircuit, clamp_diode_voltage, clamp_node_current
+from .crossbar import crossbars
+from .devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
+                      pwl_current_and_conductance)
+
+DTYPE = torch.float64
+
+
+def _tensor(array) -> torch.Tensor:
+    """A float64 tensor copy of a (read-only) circuit array."""
+    return torch.from_numpy(np.array(array, dtype=np.float64))
+
+
+def _block_row(self_block: torch.Tensor | None, x: torch.Tensor | None, products, constant,
+               absolute: bool = False):
+    """One block row of ``r_lin``: ``S x - sum_j y_j @ M_j + c`` (A), ``S`` a self block (a vector:
+    elementwise; a matrix: a product; None or ``x`` None: left out), ``products`` the pairs
+    ``(y_j, M_j)`` of the neighbours, ``c`` the constant currents (None: left out). ``absolute``:
+    ``|S| |x| + sum |y_j| @ |M_j|``, the magnitudes of the currents meeting at each node (the
+    convergence test's scale). Accumulated in place into the first product (a row of a large
+    layer is megabytes: every fresh array of that size costs page faults)."""
+    r = None
+    for y, M in products:
+        y = y if y.is_contiguous() else y.contiguous()        # a layer's view: a GEMM wants rows
+        p = y.abs() @ M.abs() if absolute else y @ M
+        if r is None:
+            r = p if absolute else p.neg_()
+        else:
+            r = r.add_(p) if absolute else r.sub_(p)
+    if self_block is not None and x is not None:
+        if absolute:
+            self_block, x = self_block.abs(), x.abs()
+        if self_block.dim() == 1:
+            r = x * self_block if r is None else r.addcmul_(x, self_block)
+        else:
+            r = x @ self_block if r is None else r.addmm_(x, self_block)
+    if constant is None or absolute:
+        return 0.0 if r is None else r
+    return constant if r is None else r.add_(constant)
+
+
+# ---- the linear interactions -------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Coupling:
+    """Crossbar k: rows (its drivers, ``v``: sources or layer k-1) to columns (layer k, ``x``).
+
+    Its currents (A): leaving the rows ``S_rows v - x @ backward^T + c_rows``, leaving the
+    columns ``S_cols x - v @ forward + c_cols`` (:meth:`LayeredNetwork.layer_currents`).
+
+    Attributes (tensors, S):
+        k: the crossbar (1..m).
+        self_rows: ``(rows,)`` or ``(rows, rows)``: ``d(row currents)/dv``.
+        self_cols: ``(cols,)`` or ``(cols, cols)``: ``d(column currents)/dx``.
+        forward: ``(rows, cols)``: ``-d(column currents)/dv`` transposed.
+        backward: ``(rows, cols)``: ``-d(row currents)/dx``.
+        constants: ``(rows,)``, ``(cols,)`` constant currents (the bias rails, with wires), or None.
+        g: the device conductances ``(rows, cols)`` (without wires), for the drops.
+        gain: the drive gain ``A`` (1.0 without an amplifier).
+    """
+
+    k: int
+    self_rows: torch.Tensor
+    self_cols: torch.Tensor
+    forward: torch.Tensor
+    backward: torch.Tensor
+    constants: tuple[torch.Tensor, torch.Tensor] | None = None
+    g: torch.Tensor | None = None
+    gain: float = 1.0
+    backward_t: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        # row-major ``backward^T``: the products with it are GEMMs without a transposed operand
+        object.__setattr__(self, "backward_t", self.backward.T.contiguous())
+
+    def contrasted_partials(self, v_a: torch.Tensor, x_a: torch.Tensor, v_b: torch.Tensor, x_b: torch.Tensor,
+                            w: torch.Tensor) -> torch.Tensor:
+        """``(rows, cols)`` ``sum_s w_s (drop_a**2 - drop_b**2) / 2`` over the batch, for two states
+        ``a``, ``b`` (EP's nudged phases) and per-sample weights ``w`` ``(B,)``. As
+        ``(d_a - d_b)(d_a + d_b) / 2`` with ``d = A v_i - x_j``, expanded into batch products:
+        ``(Dv_i - Dx_j)(Sv_i - Sx_j)`` (``D``, ``S``: differences and sums of the two states), so
+        no ``(B, rows, cols)`` array is formed and the small difference is taken first."""
+        drive = (lambda v: v) if self.gain == 1.0 else (lambda v: drive_voltage(v, self.gain))
+        dv, sv = drive(v_a - v_b), drive(v_a + v_b)
+        dx, sx = x_a - x_b, x_a + x_b
+        wdv, wdx = w[:, None] * dv, w[:, None] * dx
+        return 0.5 * ((wdv * sv).sum(0)[:, None] + (wdx * sx).sum(0)[None, :] - wdv.T @ sx - sv.T @ wdx)
+
+    def to(self, device) -> "Coupling":
+        move = lambda t: None if t is None else t.to(device)
+        constants = None if self.constants is None else tuple(move(c) for c in self.constants)
+        return Coupling(self.k, move(self.self_rows), move(self.self_cols), move(self.forward), move(self.backward),
+                        constants, move(self.g), self.gain)
+
+
+def plain_coupling(k: int, g: torch.Tensor, gain: float = 1.0) -> Coupling:
+    """Crossbar k without wires from its actual conductances ``g`` (rows, cols); differentiable in ``g``.
+
+    The rows see ``A v`` (the VCVS, :func:`~ffebm_sim.amplifier.drive_voltage`); of the current
+    ``i_out`` they deliver, the CCCS draws ``i_out / A`` out of layer k-1
+    (:func:`~ffebm_sim.amplifier.back_current`): the terms of the module docstring.
+    """
+    return Coupling(k, g.sum(1), g.sum(0), drive_voltage(g, gain), back_current(g, gain), g=g, gain=gain)
+
+
+def wired_coupling(k: int, xb, n_rows: int, rail_v: torch.Tensor | None) -> Coupling:
+    """Crossbar k with wires from its Kron reduction ``xb`` (:class:`~ffebm_sim.crossbar.Crossbar`):
+    ``n_rows`` real drivers, then (with a bias) the two rail rows at ``rail_v`` = ``[+V_b, -V_b]``."""
+    y = torch.from_numpy(xb.y)
+    d, c = slice(0, n_rows), slice(xb.rows, xb.rows + xb.cols)
+    constants = None
+    if rail_v is not None:
+        rails = slice(n_rows, xb.rows)
+        constants = (y[d, rails] @ rail_v, y[c, rails] @ rail_v)
+    return Coupling(k, y[d, d].contiguous(), y[c, c].contiguous(), -y[d, c].contiguous(), -y[d, c].contiguous(),
+                    constants)
+
+
+@dataclass(frozen=True, eq=False)
+class Ties:
+    """Conductances from layer k's nodes to fixed potentials: ``g_i`` (S; ``(n,)`` or a scalar)
+    to ``v_i`` (V; a number or ``(B, n)``). The bias is ``g_pos`` to ``+V_b`` and ``g_neg`` to
+    ``-V_b``; the resistive nudge ``beta`` to the targets ``y``. Energy ``g * drop**2 / 2``."""
+
+    k: int
+    conductances: tuple
+    potentials: tuple
+
+    def drops(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The voltage across each conductance (V): ``x - v_i``."""
+        return tuple(x - v for v in self.potentials)
+
+    @property
+    def self_block(self):
+        return sum(self.conductances)
+
+    @property
+    def constant(self):
+        """The current the potentials push in, negated: ``-sum_i g_i v_i`` (A)."""
+        return -sum(g * v for g, v in zip(self.conductances, self.potentials))
+
+    def conductance_partials(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``dE/dg_i = drop_i**2 / 2`` (V^2)."""
+        return tuple(0.5 * d ** 2 for d in self.drops(x))
+
+    def contrasted_partials(self, x_a: torch.Tensor, x_b: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per conductance, ``sum_s w_s (dE/dg(a) - dE/dg(b))`` over the batch (two states, weights ``(B,)``)."""
+        return tuple((w[:, None] * (a - b)).sum(0)
+                     for a, b in zip(self.conductance_partials(x_a), self.conductance_partials(x_b)))
+
+    def to(self, device) -> "Ties":
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
+        return Ties(self.k, tuple(map(move, self.conductances)), tuple(map(move, self.potentials)))
+
+
+def bias_ties(k: int, g_pos: torch.Tensor, g_neg: torch.Tensor, rail_v: float) -> Ties:
+    """Layer k's bias: ``g_pos`` to ``+V_b``, ``g_neg`` to ``-V_b``."""
+    return Ties(k, (g_pos, g_neg), (rail_v, -rail_v))
+
+
+# ---- the nonlinear elements ----------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class DiodeGroup:
+    """Clamp diodes of one orientation in one layer (:func:`~ffebm_sim.circuit.clamp_diode_voltage`)."""
+
+    nodes: torch.Tensor      # free-node indices
+    rail_v: float            # the rail's potential
+    upward: bool             # True: node -> rail (clamps from above); False: rail -> node
+    model: DiodeModel        # the nominal junction (27 C, no mismatch)
+    isat: torch.Tensor       # (len(nodes),) IS at the circuit temperature, per diode (A)
+    vte: torch.Tensor        # (len(nodes),) N*Vt at the circuit temperature, per diode (V)
+
+    def to(self, device) -> "DiodeGroup":
+        return DiodeGroup(self.nodes.to(device), self.rail_v, self.upward, self.model, self.isat.to(device),
+                          self.vte.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class PwlGroup:
+    nodes: torch.Tensor
+    table: object
+
+    def to(self, device) -> "PwlGroup":
+        return PwlGroup(self.nodes.to(device), self.table)
+
+
+def nonlinear_groups(circuit: BlockCircuit, ideal_as_clip: bool = True):
+    """``(diodes, pwls, lower, upper)``: the nonlinear groups and the hard bounds (``-inf``/``inf``
+    where none) of every free node. ``ideal_as_clip``: an ``ideal`` layer is the hard clip
+    ``-v_off <= x <= v_off`` (True) or the steep diode pair its deck contains (False)."""
+    n = circuit.n_free
+    lower = torch.full((n,), -torch.inf, dtype=DTYPE)
+    upper = torch.full((n,), torch.inf, dtype=DTYPE)
+    diodes, pwls = [], []
+    for k in range(1, circuit.depth + 1):
+        nl = circuit.layer_nonlinearity(k)
+        if nl is None:
+            continue
+        s = circuit.layer_slice(k)
+        idx = torch.arange(s.start, s.stop)
+        if nl.kind == "pwl":
+            pwls.append(PwlGroup(idx, nl.table))
+            continue
+        if nl.kind == "ideal" and ideal_as_clip:
+            lower[idx], upper[idx] = -nl.v_off_v, nl.v_off_v
+            continue
+        model = DiodeModel(nl.emitted_diode.saturation_current_a, nl.emitted_diode.emission_coefficient, circuit.gmin_s)
+        params = circuit.diode_parameters(k, nl)
+        size = circuit.layer_sizes[k]
+        for col, (mask, upward) in enumerate(((nl.clamps_up(size), True), (nl.clamps_down(size), False))):
+            if mask.any():
+                diodes.append(DiodeGroup(idx[torch.from_numpy(mask)], nl.clamp_rail_v(upward), upward, model,
+                                         torch.from_numpy(np.ascontiguousarray(params["is_t"][mask, col])),
+                                         torch.from_numpy(np.ascontiguousarray(params["vte"][mask, col]))))
+    return tuple(diodes), tuple(pwls), lower, upper
+
+
+# ---- the network ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class LayeredNetwork:
+    """A block's interactions over the free-node vector (module docstring).
+
+    Attributes:
+        sizes: ``(n_1, ..., n_m)``; slices: each layer's slice of the free-node vector.
+        couplings: crossbar k at index k-1.
+        biases: layer k's bias :class:`Ties` (None without, or with wires, where the rails are rows
+            of the crossbars); nudge: the resistive nudge's :class:`Ties` on layer m, or None.
+        layer_weights: ``(m,)`` the domain weights ``w_k`` (all 1 without amplifiers).
+        diodes, pwls, lower, upper: the nonlinear groups and the hard bounds.
+    """
+
+    sizes: tuple[int, ...]
+    slices: tuple[slice, ...]
+    couplings: tuple[Coupling, ...]
+    biases: tuple[Ties | None, ...]
+    layer_weights: torch.Tensor
+    diodes: tuple[DiodeGroup, ...]
+    pwls: tuple[PwlGroup, ...]
+    lower: torch.Tensor
+    upper: torch.Tensor
+    amplified: bool = False
+    wires: bool = False
+    nudge: Ties | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_free(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def out_slice(self) -> slice:
+        return self.slices[-1]
+
+    @property
+    def has_bounds(self) -> bool:
+        return bool(torch.isfinite(self.lower).any())
+
+    @property
+    def device(self):
+        return self.lower.device
+
+    @property
+    def node_weights(self) -> torch.Tensor | None:
+        """``(N,)`` every free node's domain weight, None when all are 1."""
+        if not self.amplified:
+            return None
+        if "node_weights" not in self._cache:
+            self._cache["node_weights"] = torch.repeat_interleave(self.layer_weights,
+                                                                  torch.tensor(self.sizes, device=self.device))
+        return self._cache["node_weights"]
+
+    def weighted(self, r: torch.Tensor) -> torch.Tensor:
+        """``W r`` for ``(..., N)`` node quantities (currents -> gradient of ``E_w``)."""
+        w = self.node_weights
+        return r if w is None else r * w
+
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[:, s] for s in self.slices]
+
+    def ties(self, k: int) -> list[Ties]:
+        """The :class:`Ties` on layer k (1..m)."""
+        out = [] if self.biases[k - 1] is None else [self.biases[k - 1]]
+        return out + ([self.nudge] if self.nudge is not None and k == self.depth else [])
+
+    def with_nudge(self, conductance_s: float, target_v: torch.Tensor) -> "LayeredNetwork":
+        """The network with the resistive nudge: ``conductance_s`` from every output node to ``target_v``."""
+        return replace(self, nudge=Ties(self.depth, (conductance_s,), (target_v,)), _cache={})
+
+    # -- the linear part, from the interactions --
+
+    def self_blocks(self) -> list[torch.Tensor]:
+        """Per layer, the self block of ``L``: ``(n_k,)`` (a diagonal) or ``(n_k, n_k)`` with wires."""
+        if "self" not in self._cache:
+            out = []
+            for k in range(1, self.depth + 1):
+                block = self.couplings[k - 1].self_cols
+                if k < self.depth:
+                    block = block + self.couplings[k].self_rows
+                for tie in self.ties(k):
+                    s = tie.self_block
+                    if block.dim() == 2:
+                        s = torch.diag(s.expand(block.shape[0]) if isinstance(s, torch.Tensor) else
+                                       torch.full((block.shape[0],), float(s), dtype=block.dtype, device=block.device))
+                    block = block + s
+                out.append(block)
+            self._cache["self"] = out
+        return self._cache["self"]
+
+    def constants(self) -> list:
+        """Per layer, the constant currents of ``r_lin`` (rails, nudge targets; A), or None."""
+        if "constants" in self._cache:
+            return self._cache["constants"]
+        out = []
+        for k in range(1, self.depth + 1):
+            c = [t.constant for t in self.ties(k)]
+            if self.couplings[k - 1].constants is not None:
+                c.append(self.couplings[k - 1].constants[1])
+            if k < self.depth and self.couplings[k].constants is not None:
+                c.append(self.couplings[k].constants[0])
+            out.append(sum(c) if c else None)
+        self._cache["constants"] = out
+        return out
+
+    def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None, absolute: bool = False,
+                  own: bool = True) -> torch.Tensor:
+        """``(B, n_k)`` layer k's (1..m) part of :meth:`layer_currents`; ``own=False``: without its
+        own nodes' term ``S_k x_k`` (what its neighbours and the fixed potentials draw)."""
+        m = self.depth
+        products = []
+        if k >= 2:
+            products.append((x_layers[k - 2], self.couplings[k - 1].forward))
+        elif v_src is not None:
+            products.append((v_src, self.couplings[0].forward))
+        if k < m:
+            products.append((x_layers[k], self.couplings[k].backward_t))
+        constant = self.constants()[k - 1] if v_src is not None else None
+        return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant, absolute)
+
+    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None,
+                       absolute: bool = False) -> list[torch.Tensor]:
+        """Per layer, ``(B, n_k)`` the current the linear interactions draw out of its nodes (A):
+        ``r_lin`` of the module docstring, the input sources at ``v_src`` and the rails and
+        targets at their potentials; ``v_src = None``: ``L x`` alone (every fixed potential at
+        0 V). ``absolute``: the magnitudes (:func:`_block_row`)."""
+        return [self.layer_row(k, x_layers, v_src, absolute) for k in range(1, self.depth + 1)]
+
+    def linear_currents(self, x: torch.Tensor, v_src: torch.Tensor | None) -> torch.Tensor:
+        """``(B, N)`` ``r_lin(x) = L x - b`` (A); ``v_src = None``: ``L x``."""
+        return torch.cat(self.layer_currents(self.layers(x), v_src), 1)
+
+    def current_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` ``|L| |x|``: the magnitudes of the linear currents meeting at each node (A)."""
+        return torch.cat(self.layer_currents(self.layers(x), None, absolute=True), 1)
+
+    def fixed_currents(self, v_src: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` ``b = -r_lin(0)``: the currents the sources and rails push into the free nodes (A)."""
+        zeros = torch.zeros(v_src.shape[0], self.n_free, dtype=v_src.dtype, device=v_src.device)
+        out = []
+        for k, (c, z) in enumerate(zip(self.constants(), self.layers(zeros)), start=1):
+            out.append(z - _block_row(None, None, [(v_src, self.couplings[0].forward)] if k == 1 else [], c))
+        return torch.cat(out, 1)
+
+    def source_currents(self, v_src: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 2*n0)`` current each input source delivers into the network (A): crossbar 1's row currents."""
+        c = self.couplings[0]
+        return _block_row(c.self_rows, v_src, [(x[:, self.slices[0]], c.backward_t)],
+                          None if c.constants is None else c.constants[0], False)
+
+    def dense_laplacian(self) -> torch.Tensor:
+        """``(N, N)`` the KCL matrix ``L`` assembled from the blocks (symmetric without amplifiers)."""
+        n = self.n_free
+        L = torch.zeros(n, n, dtype=DTYPE, device=self.device)
+        for k, (s, block) in enumerate(zip(self.slices, self.self_blocks()), start=1):
+            L[s, s] += torch.diag(block) if block.dim() == 1 else block
+            if k >= 2:
+                c, p = self.couplings[k - 1], self.slices[k - 2]
+                L[p, s] -= c.backward
+                L[s, p] -= c.forward.T
+        return L
+
+    # -- the nonlinear part --
+
+    def _junctions(self):
+        """Every diode group's node selection (a slice where contiguous: views, no gathers), and
+        their ``IS``, ``N*Vt`` and weights concatenated, so the junction law runs once per call."""
+        if "junctions" not in self._cache:
+            sel = []
+            for g in self.diodes:
+                n = g.nodes
+                contiguous = len(n) and int(n[-1]) - int(n[0]) + 1 == len(n) and bool((n.diff() == 1).all())
+                sel.append(slice(int(n[0]), int(n[-1]) + 1) if contiguous else n)
+            cat = lambda ts: torch.cat(ts) if ts else None
+            w = self.node_weights
+            gmins = {g.model.gmin_s for g in self.diodes}
+            self._cache["junctions"] = (sel, cat([g.isat for g in self.diodes]), cat([g.vte for g in self.diodes]),
+                                        None if w is None or not self.diodes else cat([w[g.nodes] for g in self.diodes]),
+                                        gmins.pop() if len(gmins) == 1 else None)
+        return self._cache["junctions"]
+
+    def nonlinear(self, x: torch.Tensor, energy: bool = False):
+        """``f(x)``, ``f'(x)`` (physical currents, A and S) and, when ``energy``, the co-content
+        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J)."""
+        f = torch.zeros_like(x)
+        df = torch.zeros_like(x)
+        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        w = self.node_weights
+        if self.diodes:
+            sel, isat, vte, wd, gmin = self._junctions()
+            if gmin is None:                    # pragma: no cover - one circuit has one GMIN
+                raise ValueError("diode groups with different GMIN")
+            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
+            vd = torch.cat(vds, 1) if len(vds) > 1 else vds[0]
+            i, gd = junction_current_and_conductance(vd, isat, vte, gmin)
+            start = 0
+            for g, s, v in zip(self.diodes, sel, vds):
+                part = slice(start, start + v.shape[1])
+                start = part.stop
+                f[:, s] += clamp_node_current(i[:, part], g.upward)
+                df[:, s] += gd[:, part]
+            if energy:
+                c = junction_cocontent(vd, isat, vte, gmin)
+                e = e + (c if wd is None else c * wd).sum(1)
+        for g in self.pwls:
+            xv = x[:, g.nodes]
+            i, gd = pwl_current_and_conductance(xv, g.table)
+            f[:, g.nodes] += i
+            df[:, g.nodes] += gd
+            if energy:
+                c = pwl_cocontent(xv, g.table)
+                e = e + (c if w is None else c * w[g.nodes]).sum(1)
+        return f, df, e
+
+    def quadratic_energy(self, x: torch.Tensor, r_lin: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` the linear elements' part of ``E_w`` (J), given ``r_lin = L x - b`` at ``x`` (nudge
+        terms included in both) and ``b``: ``sum w x (r_lin - b) / 2 = x^T W L x / 2 - (W b)^T x``."""
+        return 0.5 * (self.weighted(x * (r_lin - b))).sum(1)
+
+    def energy(self, x: torch.Tensor, r_lin: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` the weighted co-content ``E_w`` (J) at ``x``: :meth:`quadratic_energy` plus
+        ``sum w C(x)`` of the nonlinear elements."""
+        _, _, e = self.nonlinear(x, energy=True)
+        return self.quadratic_energy(x, r_lin, b) + e
+
+    def to(self, device) -> "LayeredNetwork":
+        """The same network with every tensor on ``device``."""
+        move = lambda items: tuple(None if i is None else i.to(device) for i in items)
+        return LayeredNetwork(self.sizes, self.slices, move(self.couplings), move(self.biases),
+                              self.layer_weights.to(device), move(self.diodes), move(self.pwls),
+                              self.lower.to(device), self.upper.to(device), self.amplified, self.wires,
+                              None if self.nudge is None else self.nudge.to(device))
+
+
+def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductances=None, bias=None) -> LayeredNetwork:
+    """The interactions of ``circuit``.
+
+    ``conductances`` (a list of ``(rows, cols)`` tensors) and ``bias`` (``(pos, neg)`` lists of
+    ``(n_k,)`` tensors): the *actual* conductances to use instead of the circuit's (for
+    differentiating the residual in them; without wires only). Built networks of the
+    circuit's own conductances are cached (:func:`network`).
+    """
+    m = circuit.depth
+    sizes = tuple(circuit.layer_sizes[1:])
+    slices = tuple(circuit.layer_slice(k) for k in range(1, m + 1))
+    biases: list[Ties | None] = [None] * m
+    if circuit.has_wires:
+        vb = circuit.bias_voltage_v
+        rail_v = torch.tensor([vb, -vb], dtype=DTYPE) if circuit.has_bias else None
+        n_rows = [2 * circuit.n_inputs] + list(sizes[:-1])
+        couplings = tuple(wired_coupling(k, xb, n_rows[k - 1], rail_v)
+                          for k, xb in enumerate(crossbars(circuit), start=1))
+    else:
+        if conductances is None:
+            conductances = [_tensor(g) for g in circuit.actual_conductances()]
+        couplings = tuple(plain_coupling(k, g, circuit.drive_gain(k)) for k, g in enumerate(conductances, start=1))
+        if circuit.has_bias:
+            if bias is None:
+                pos, neg = circuit.actual_bias()
+                bias = ([_tensor(p) for p in pos], [_tensor(q) for q in neg])
+            biases = [bias_ties(k, bias[0][k - 1], bias[1][k - 1], circuit.bias_voltage_v) for k in range(1, m + 1)]
+    diodes, pwls, lower, upper = nonlinear_groups(circuit, ideal_as_clip)
+    return LayeredNetwork(sizes, slices, couplings, tuple(biases), _tensor(circuit.domain_weights()), diodes, pwls,
+                          lower, upper, circuit.has_amplifiers, circuit.has_wires)
+
+
+_NETWORK_CACHE: list[tuple[BlockCircuit, bool, object, LayeredNetwork]] = []
+
+
+def network(circuit: BlockCircuit, ideal_as_clip: bool = True, device=None) -> LayeredNetwork:
+    """:func:`layered_network` of the circuit's own conductances on ``device`` (default CPU),
+    cached for the last few circuits (EP solves one circuit three times, then differentiates it)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    for c, clip, dev, net in _NETWORK_CACHE:
+        if c is circuit and clip == ideal_as_clip and dev == device:
+            return net
+    net = layered_network(circuit, ideal_as_clip)
+    if device.type != "cpu":
+        net = net.to(device)
+    _NETWORK_CACHE.insert(0, (circuit, ideal_as_clip, device, net))
+    del _NETWORK_CACHE[8:]
+    return net
