@@ -101,13 +101,6 @@ def delivered_from_branch_current(branch_current_a: torch.Tensor) -> torch.Tenso
     return -branch_current_a
 
 
-def delivered_through_input_layer(g1, v_src, layer1):
-    """Current each source delivers into the network through ``G_1`` (A), from voltages:
-    ``I_s = sum_j G1[s, j] * (v_s - x_j)``. Works on torch tensors and numpy arrays alike;
-    used wherever the branch currents are not read from SPICE (reference, reduced deck)."""
-    return v_src * g1.sum(1) - layer1 @ g1.T
-
-
 def check_batch(circuit: BlockCircuit, inputs, nudge: Nudge | None) -> torch.Tensor:
     """Validate shapes and values of a solve request; returns float64 inputs."""
     x = torch.as_tensor(inputs, dtype=torch.float64)

@@ -42,8 +42,8 @@ import torch
 from ..circuit import BlockCircuit, free_node_names, source_names
 from ..errors import SpecError
 from ..netlist import emit_deck, norton_currents_a, norton_source_name, nudge_source_name, target_source_name
-from .base import (Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current,
-                   delivered_through_input_layer, source_voltages)
+from ..interactions import network
+from .base import Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current, source_voltages
 from .dask_engine import DaskEngine, check_scheduler_address
 from .deckedit import with_nodeset
 from .engines import Engine, LocalEngine
@@ -185,7 +185,7 @@ class NgspiceBackend(Backend):
             if method == "auto":
                 method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure, inputs))
-        return jobs, {"v_src": v_src, "g1": g1, "n_nodes": len(nodes), "reduced": reduced}
+        return jobs, {"v_src": v_src, "n_nodes": len(nodes), "reduced": reduced}
 
     def _norton_currents(self, circuit: BlockCircuit, g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
         """:func:`~ffebm_sim.netlist.norton_currents_a` of each row of ``v_src``, remembered per row
@@ -288,8 +288,9 @@ class NgspiceBackend(Backend):
         if not extra.get("reduced", self.reduced):
             currents = delivered_from_branch_current(torch.from_numpy(values[:, n_nodes:].copy())).numpy()
         else:
-            g1, v_src = extra["g1"], extra["v_src"]
-            currents = delivered_through_input_layer(g1, v_src, volts[:, circuit.layer_slice(1)])
+            # the reduced deck has no source branches: crossbar 1's row currents at the solved voltages
+            currents = network(circuit).source_currents(torch.from_numpy(np.asarray(extra["v_src"])),
+                                                        torch.from_numpy(volts)).numpy()
         converged = torch.tensor([m == "" for m in messages], dtype=torch.bool)
         return Equilibrium(torch.from_numpy(volts), torch.from_numpy(np.ascontiguousarray(currents)),
                            converged, messages, B)
