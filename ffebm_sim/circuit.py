@@ -563,6 +563,27 @@ def _check_gains(gains, depth: int, wire_ohm: float) -> tuple[float, ...] | None
     return tuple(out)
 
 
+# ---- the rails, written once --------------------------------------------------
+
+def rail_potentials(circuit: BlockCircuit) -> dict[str, float]:
+    """Every rail of the deck by node name, at its potential (V, to ground).
+
+    Per layer k with clamp diodes (``double``, ``single``, ``ideal``): ``vhi<k>`` at
+    ``+v_off`` and ``vlo<k>`` at ``-v_off`` (:meth:`Nonlinearity.clamp_rail_v`); with a bias,
+    ``vbp`` at ``+V_b`` and ``vbm`` at ``-V_b``. In deck order. The deck's rail cards, the
+    element layer, ``ffebm analyze``'s SPICE loop and the naive baseline take the rails
+    from here.
+    """
+    rails: dict[str, float] = {}
+    for k in range(1, circuit.depth + 1):
+        nl = circuit.layer_nonlinearity(k)
+        if nl is not None and nl.kind != "pwl":
+            rails[f"vhi{k}"], rails[f"vlo{k}"] = nl.clamp_rail_v(True), nl.clamp_rail_v(False)
+    if circuit.has_bias:
+        rails["vbp"], rails["vbm"] = circuit.bias_voltage_v, -circuit.bias_voltage_v
+    return rails
+
+
 # ---- the input sources, written once -----------------------------------------
 
 def source_voltages(circuit: BlockCircuit, inputs):

@@ -65,7 +65,7 @@ import torch
 
 from .amplifier import back_current, drive_voltage
 from .circuit import (BlockCircuit, amplifier_node_name, amplifier_sense_name, amplifier_source_node_name,
-                      column_node_name, free_node_names, row_node_name, source_names, source_node_names,
+                      column_node_name, free_node_names, rail_potentials, row_node_name, source_names, source_node_names,
                       source_voltages)
 from .devices import PwlTable, junction_current_and_conductance, pwl_current_and_conductance
 from .netlist import nudge_source_name, target_source_name
@@ -227,11 +227,7 @@ def flatten(circuit: BlockCircuit, nudge_conductance_s: float = 0.0) -> Elements
     fixed: dict[str, float] = {}
     diode_layers = [k for k in range(1, m + 1)
                     if circuit.layer_nonlinearity(k) is not None and circuit.layer_nonlinearity(k).kind != "pwl"]
-    for k in diode_layers:
-        v_off = circuit.layer_nonlinearity(k).v_off_v
-        fixed[f"vhi{k}"], fixed[f"vlo{k}"] = v_off, -v_off
-    if circuit.has_bias:
-        fixed["vbp"], fixed["vbm"] = circuit.bias_voltage_v, -circuit.bias_voltage_v
+    fixed.update(rail_potentials(circuit))
     for name in fixed:
         nodes.add(name)
     resistive = nudge_conductance_s != 0

@@ -60,7 +60,7 @@ import numpy as np
 
 from . import __version__
 from .circuit import (BlockCircuit, Nonlinearity, amplifier_node_name, amplifier_sense_name,
-                      amplifier_source_node_name, column_node_name, free_node_names, node_name, row_node_name, source_names,
+                      amplifier_source_node_name, column_node_name, free_node_names, node_name, rail_potentials, row_node_name, source_names,
                       source_node_names, source_voltages)
 from .devices import DEFAULT_EG_EV, DEFAULT_XTI, NOMINAL_TEMPERATURE_C
 from .devices import DiodeModel
@@ -342,8 +342,9 @@ def _block_cards(circuit: BlockCircuit, inputs, reduced: bool, models: _Models, 
         comment = (f"* ---- bias: conductances to the +{num(vb)} V / -{num(vb)} V rails ----" if not wires else
                    f"* ---- bias rails +{num(vb)} V / -{num(vb)} V: they drive the last two rows of every crossbar above ----")
         cards.src("", comment)
-        cards.rail(f"VBP vbp 0 DC {num(vb)}")
-        cards.rail(f"VBM vbm 0 DC {num(-vb)}")
+        rails = rail_potentials(circuit)
+        for rail in ("vbp", "vbm"):
+            cards.rail(f"{rail.upper()} {rail} 0 DC {num(rails[rail])}")
         if cards.split:
             cards.net("", comment.replace("rails", "rails (ports vbp, vbm)", 1))
         if not wires:
@@ -457,8 +458,8 @@ def _nonlinearity_cards(k: int, n: int, nl: Nonlinearity, models: _Models, cards
                   "* differs from this deck by about the junction's forward drop (tested in tests/test_agreement.py)")
     if cards.split:
         cards.src("", f"* ---- clamp rails of layer {k}: +-{num(nl.v_off_v)} V ----")
-    cards.rail(f"VHI{k} vhi{k} 0 DC {num(nl.v_off_v)}")
-    cards.rail(f"VLO{k} vlo{k} 0 DC {num(-nl.v_off_v)}")
+    for rail, upward in ((f"vhi{k}", True), (f"vlo{k}", False)):
+        cards.rail(f"{rail.upper()} {rail} 0 DC {num(nl.clamp_rail_v(upward))}")
     up, down = nl.clamps_up(n), nl.clamps_down(n)
     if per_diode is not None:
         cards.net("* diode mismatch: every junction has its own .model (IS, N at 27 C)")

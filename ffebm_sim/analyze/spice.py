@@ -22,7 +22,7 @@ from ..backends.base import Nudge, delivered_from_branch_current
 from ..backends.jobs import DeckJob
 from ..backends.ngspice import NgspiceBackend
 from ..backends.session import NgspiceDeckError, digest, session
-from ..circuit import BlockCircuit, free_node_names, source_names, source_voltages
+from ..circuit import BlockCircuit, free_node_names, rail_potentials, source_names, source_voltages
 from ..netlist import emit_deck, nudge_source_name, target_source_name
 
 @dataclass
@@ -50,12 +50,7 @@ class OpResult:
 def voltage_sources(circuit: BlockCircuit, resistive: bool) -> list[tuple[str, float | None]]:
     """Every V source of the emitted deck: (name, fixed voltage or None when it depends on the sample)."""
     out: list[tuple[str, float | None]] = [(name, None) for name in source_names(circuit.n_inputs)]
-    for k in range(1, circuit.depth + 1):
-        nl = circuit.layer_nonlinearity(k)
-        if nl is not None and nl.kind != "pwl":
-            out += [(f"vhi{k}", nl.v_off_v), (f"vlo{k}", -nl.v_off_v)]
-    if circuit.has_bias:
-        out += [("vbp", circuit.bias_voltage_v), ("vbm", -circuit.bias_voltage_v)]
+    out += list(rail_potentials(circuit).items())
     if resistive:
         out += [(target_source_name(j), None) for j in range(circuit.n_outputs)]
     return out
