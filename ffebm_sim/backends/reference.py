@@ -223,7 +223,6 @@ class ReferenceBackend(Backend):
         return Equilibrium(cpu(x), cpu(src), cpu(converged), tuple(messages), iterations)
 
     @staticmethod
-    @staticmethod
     def _start(problem: Problem, algebra, start: torch.Tensor | None, cold_zero: bool = False) -> torch.Tensor:
         """The first iterate: a warm start (e.g. the free state of a nudged phase, usually one or
         two iterations from the answer) as given; else 0 V (``cold_zero``, for layer sweeps) or the
@@ -325,9 +324,11 @@ def _diagonal(net: LayeredNetwork) -> torch.Tensor:
 
 
 def _sweepable(net: LayeredNetwork) -> bool:
-    """Layer sweeps apply: every layer's self block diagonal (no wires) and every node's own
-    problem solvable in closed form (a clip, a junction, nothing; a table has none)."""
-    return not net.wires and not net.pwls
+    """Layer sweeps apply: every layer's self block diagonal (no wires) and positive, and every
+    node's own problem solvable in closed form (a clip, a junction, nothing; a table has none).
+    A negative resistive nudge larger than a node's own conductance makes that node's quadratic
+    concave: its minimiser along the node is then not a weighted mean (Newton alone handles it)."""
+    return not net.wires and not net.pwls and all(bool((blk > 0).all()) for blk in net.self_blocks())
 
 
 #: Layer sweeps stop when no node moved by more than this fraction of the largest node voltage
