@@ -397,10 +397,11 @@ def method_table(blocks: dict, batches: int, rounds: int = 3) -> list[dict]:
 
 def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
     """Milliseconds one ``tran`` job of ``n`` samples spends in each step (one process, reduced deck,
-    resident circuit already loaded, best of ``repeat``): the ``alter @SRC[pwl]`` commands, the
+    resident circuit already loaded, best of ``repeat``): giving every source its values (as the job
+    does: one rawfile written and ``load`` ed, one ``alter @SRC[pwl] = vector`` per source), the
     ``tran`` command, ngspice's own analysis time (``rusage``) for it, reading the vectors and
-    destroying the plot."""
-    from .backends.deckedit import pwl_command, resident_deck
+    destroying the plots."""
+    from .backends.deckedit import pwl_rawfile, pwl_vector, resident_deck
     from .backends.jobs import tran_samples
     from .backends.ngspice import NgspiceBackend
     from .backends.session import session
@@ -414,9 +415,8 @@ def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
         for r in range(repeat):
             job = jobs[r % 2]                   # alternate, so every source's values change
             laps.start()
-            for name, column in zip(job.sources, job.values.T.tolist()):
-                if s.pwl.get(name) != tuple(column):
-                    s.set_pwl(name, pwl_command(name, column), tuple(column))
+            s.set_pwls(list(job.sources), pwl_rawfile(job.values), [pwl_vector(k) for k in range(len(job.sources))],
+                       [tuple(c) for c in job.values.T.tolist()])
             laps.lap("alter_ms")
             failure = laps.analysis(s, lambda: tran_samples(s, n), "tran_command_ms")
             s.read_arrays(["time"] + list(job.vectors), s.vector_length("time"))
@@ -430,18 +430,42 @@ def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
 
 # ---- the whole run ----------------------------------------------------------------------------
 
+#: The steps of :func:`run_solvers`, in order (the progress line's total); ``full``: not run with ``--quick``.
+#: The reference-solver section (:mod:`.bench_reference`) is one step: its own messages show as
+#: what that step is doing, not as steps.
+STEPS = (("naive", False), ("small", False), ("drn", False), ("memory", True), ("digits2", False),
+         ("digits1", True), ("drn_epoch_ngspice", True), ("drn_epoch_reference", True), ("costs", False),
+         ("methods", False), ("reference", False))
+
+
+def solver_steps(quick: bool) -> list[str]:
+    """The names of the steps :func:`run_solvers` runs (``--quick`` or not)."""
+    return [name for name, full in STEPS if not (quick and full)]
+
+
 def run_solvers(quick: bool = False, log=lambda msg: None) -> dict:
     """The solver benchmark; a progress line every few seconds names the step running (ffebm_sim.progress)."""
     from .progress import Progress
-    bar = Progress(10 if quick else 13, "bench solvers", unit="steps")
+    names = solver_steps(quick)
+    bar = Progress(len(names), "bench solvers", unit="steps")
+    started: list[str] = []
 
-    def step(msg):
+    def step(name, msg):
+        if name != (names + [None])[len(started)]:
+            raise RuntimeError(f"bench: step {name!r} is not step {len(started) + 1} of {names}")
+        started.append(name)
         if bar.postfix:            # the step before this one is done
             bar.update(1)
         bar.set_postfix(now=msg)
         log(msg)
+
+    def within(msg):               # what the running step is doing (no new step)
+        bar.set_postfix(now=msg)
+        log(msg)
     try:
-        return _run_solvers(quick, step)
+        out = _run_solvers(quick, step, within)
+        bar.update(1)              # the last step is done
+        return out
     finally:
         bar.close()
 
@@ -452,7 +476,9 @@ def drn_block():
     return build_model(DRN_MNIST, backend="reference").energy_blocks[0].circuit
 
 
-def _run_solvers(quick: bool, log) -> dict:
+def _run_solvers(quick: bool, log, within=lambda msg: None) -> dict:
+    """The measurements; ``log(step, message)`` starts each step of :data:`STEPS`, ``within(message)``
+    says what the reference section is doing."""
     from .backends.jobs import DEFAULT_CHUNK, LARGE_CHUNK
     from .model import build_model
     from .spec import load_block
@@ -464,35 +490,35 @@ def _run_solvers(quick: bool, log) -> dict:
                  "batch": BATCH, "chunk": f"{DEFAULT_CHUNK} or {LARGE_CHUNK} (`jobs.chunk_size`)", "deck": "reduced",
                  "method": "auto"}
     r: dict = {}
-    log("naive PySpice loop")
+    log("naive", "naive PySpice loop")
     r["naive_pyspice_ep_s"], out["naive_max_abs_dv_volts"] = naive_ep_s(small, 3 if quick else 8)
-    log("block_small: one worker, analysis time, reference, two workers")
+    log("small", "block_small: one worker, analysis time, reference, two workers")
     figures = block_figures(small, batches=4 if quick else 12, rounds=2 if quick else 3, ref_batches=2 if quick else 4)
     out["small"] = figures
     for key in ("ngspice_ep_s", "ngspice_analysis_ep_s", "reference_ep_s", "workers2_ep_s", "workers2_speedup"):
         r[key] = figures[key]
-    log("drn_mnist [784, 100, 10]: one worker, analysis time, reference, two workers")
+    log("drn", "drn_mnist [784, 100, 10]: one worker, analysis time, reference, two workers")
     out["drn"] = {"block": drn.name, **block_figures(drn, batches=2 if quick else 4, rounds=2 if quick else 3,
                                                      ref_batches=1 if quick else 2)}
     if quick:
         r["rss_growth_mb_20k"] = None
     else:
-        log("memory over 20,000 solves")
+        log("memory", "memory over 20,000 solves")
         rss = rss_growth_mb(small)
         r["rss_growth_mb_20k"] = rss["rss_growth_mb"]
         out["rss"] = rss
-    log("digits epoch, 2 workers")
+    log("digits2", "digits epoch, 2 workers")
     epoch2 = digits_epoch_s(2)
     r["digits_epoch_2workers_s"] = epoch2["seconds"]
     out["digits_epoch_2workers"] = epoch2
     if not quick:
-        log("digits epoch, 1 worker")
+        log("digits1", "digits epoch, 1 worker")
         epoch1 = digits_epoch_s(1)
         r["digits_epoch_1worker_s"] = epoch1["seconds"]
         out["digits_epoch_1worker"] = epoch1
-        log("drn_mnist epoch on mnist-5k, ngspice, 2 workers")
+        log("drn_epoch_ngspice", "drn_mnist epoch on mnist-5k, ngspice, 2 workers")
         out["drn_epoch_ngspice_2workers"] = epoch_s(DRN_MNIST, "mnist-5k", "ngspice", workers=2)
-        log("drn_mnist epoch on mnist-5k, reference")
+        log("drn_epoch_reference", "drn_mnist epoch on mnist-5k, reference")
         out["drn_epoch_reference"] = epoch_s(DRN_MNIST, "mnist-5k", "reference")
         out["drn"]["epoch_ngspice_2workers_s"] = out["drn_epoch_ngspice_2workers"]["seconds"]
         out["drn"]["epoch_reference_s"] = out["drn_epoch_reference"]["seconds"]
@@ -502,11 +528,11 @@ def _run_solvers(quick: bool, log) -> dict:
     out["results"] = r
     out["targets"] = _targets(TARGETS, r)
     out["drn_targets"] = _targets(DRN_TARGETS, out["drn"])
-    log("where a job's time goes")
+    log("costs", "where a job's time goes")
     out["chunk_costs"] = [chunk_costs(small, n) for n in (16, 32, 64)]
     out["tran_costs"] = [{"block": "block_small", **tran_costs(small, n)} for n in (16, 32)] + \
         [{"block": drn.name, **tran_costs(drn, n, repeat=5 if quick else 10)} for n in (16, 32)]
-    log("methods and job sizes per block size")
+    log("methods", "methods and job sizes per block size")
     blocks = {"block_small": small}
     digits = build_model(DIGITS, backend="reference")
     for k, b in enumerate(digits.energy_blocks):
@@ -517,7 +543,8 @@ def _run_solvers(quick: bool, log) -> dict:
     blocks[drn.name] = drn
     out["methods"] = method_table(blocks, 2 if quick else 4, rounds=2 if quick else 3)
     from .bench_reference import run_reference
-    out["reference_solver"] = run_reference(quick, log)      # layered vs dense reference (issue 16)
+    log("reference", "the reference solver, layered vs dense")
+    out["reference_solver"] = run_reference(quick, within)      # layered vs dense reference (issue 16)
     out["machine"]["loadavg_end"] = list(os.getloadavg())
     return out
 
@@ -575,7 +602,7 @@ def markdown(report: dict) -> str:
                          f"{1 + rest / c['analysis_ms']:.2f} |")
     if report.get("tran_costs"):
         lines += ["", "## Where one `tran` job's time goes (resident circuit loaded, one process, ms per job, best of 10-20)", "",
-                  "| block | samples | `alter @SRC[pwl]` commands | `tran` command | its analysis (`rusage`) | "
+                  "| block | samples | values in (rawfile `load` + `alter @SRC[pwl] = vector`) | `tran` command | its analysis (`rusage`) | "
                   "read + destroy | job / analysis |", "|---|---|---|---|---|---|---|"]
         for c in report["tran_costs"]:
             job = c["alter_ms"] + c["tran_command_ms"] + c["read_destroy_ms"]

@@ -1,5 +1,6 @@
 """`ffebm bench solvers` is a click group for the main CLI; its report renders (no timing here)."""
 
+import pytest
 from click.testing import CliRunner
 
 from ffebm_sim.bench import bench, markdown
@@ -37,3 +38,49 @@ def test_targets_table_marks_what_is_missed():
                                      "speedup_vs_naive": {"target": ">= 300", "value": 500.0, "met": True}}))
     assert "| overhead_vs_ngspice | <= 1.3 | 2 | **no** |" in text
     assert "| speedup_vs_naive | >= 300 | 500 | yes |" in text
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_progress_counts_every_step_once(monkeypatch, quick):
+    """The progress line's total is the number of steps the run takes (the reference-solver
+    section is one step, whatever it logs), so it never reads '14/13 steps'."""
+    import types
+
+    import ffebm_sim.bench as b
+    import ffebm_sim.bench_reference as br
+    import ffebm_sim.model as model
+    import ffebm_sim.progress as progress
+    import ffebm_sim.spec as spec
+    bars = []
+
+    class Bar(progress.Progress):
+        def __init__(self, total, *args, **kwargs):
+            super().__init__(total, *args, interval=0, **kwargs)
+            bars.append(self)
+    fig = {k: 1.0 for k in ("ngspice_ep_s", "ngspice_analysis_ep_s", "reference_ep_s", "workers2_ep_s",
+                            "workers2_speedup")}
+    block = types.SimpleNamespace(name="x", layer_sizes=(2, 1))
+    monkeypatch.setattr(progress, "Progress", Bar)
+    monkeypatch.setattr(spec, "load_block", lambda path: block)
+    monkeypatch.setattr(model, "build_model", lambda *a, **k: types.SimpleNamespace(energy_blocks=[]))
+    monkeypatch.setattr(b, "drn_block", lambda: block)
+    monkeypatch.setattr(b, "machine", lambda: {})
+    monkeypatch.setattr(b, "naive_ep_s", lambda *a: (1.0, 0.0))
+    monkeypatch.setattr(b, "block_figures", lambda *a, **k: dict(fig))
+    monkeypatch.setattr(b, "rss_growth_mb", lambda *a: {"rss_growth_mb": 0.0})
+    monkeypatch.setattr(b, "digits_epoch_s", lambda *a: {"seconds": 1.0})
+    monkeypatch.setattr(b, "epoch_s", lambda *a, **k: {"seconds": 1.0})
+    monkeypatch.setattr(b, "chunk_costs", lambda *a, **k: {})
+    monkeypatch.setattr(b, "tran_costs", lambda *a, **k: {})
+    monkeypatch.setattr(b, "method_table", lambda *a, **k: [])
+
+    def reference(quick, log):
+        for k in range(5):
+            log(f"reference part {k}")
+        return {}
+    monkeypatch.setattr(br, "run_reference", reference)
+    messages = []
+    b.run_solvers(quick, log=messages.append)
+    bar, = bars
+    assert bar.total == len(b.solver_steps(quick)) == bar.done
+    assert len(messages) == bar.total + 5

@@ -128,9 +128,9 @@ def test_gradcheck_reports_progress(fast_lines, capsys, tiny):
 def test_bench_reports_progress(fast_lines, monkeypatch, capsys):
     from ffebm_sim import bench
 
-    def fake(quick, log):
-        for step in ("one", "two", "three"):
-            log(step)
+    def fake(quick, log, within):
+        for step, message in zip(bench.solver_steps(quick), ("one", "two", "three")):
+            log(step, message)
             time.sleep(0.1)
         return {}
     monkeypatch.setattr(bench, "_run_solvers", fake)

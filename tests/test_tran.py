@@ -3,24 +3,31 @@ operating point within 1e-9 V of the reference; a job's answer depends on the jo
 (bit for bit, whatever the process solved before), and on the other samples of its job
 only within the solver's tolerance."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_block, random_inputs
 from ffebm_sim.backends import Nudge
-from ffebm_sim.backends.deckedit import pwl_command, resident_deck
-from ffebm_sim.backends.jobs import (TRAN_MAX_POINTS, _run_tran, _tran_segments, cache_friendly_order, input_key,
+from ffebm_sim.backends.deckedit import pwl_rawfile, pwl_vector, resident_deck
+from ffebm_sim.backends.jobs import (_run_tran, cache_friendly_order, input_key,
                                     run_job, sample_rows)
 from ffebm_sim.backends.ngspice import NgspiceBackend
 from ffebm_sim.backends.reference import ReferenceBackend
-from ffebm_sim.backends.session import MAX_COMMAND_CHARS, session
+from ffebm_sim.backends.session import NgspiceDeckError, session
 from ffebm_sim.spec import load_block
 
 
 def _job(c, u, nudge=None, chunk=None, reduced=True):
     be = NgspiceBackend(reduced=reduced, method="tran", chunk=chunk or len(u))
     return be.jobs(c, u, nudge)[0][0]
+
+
+def _agrees_with_reference(c, u, values, nudge=None) -> bool:
+    """Every node voltage of ``values`` within 1e-9 V of the reference solver's."""
+    return float(np.abs(values - ReferenceBackend().solve(c, u, nudge).node_voltages_v.numpy()).max()) <= 1e-9
 
 
 def _rusage(key: str) -> int:
@@ -42,8 +49,7 @@ def test_one_accepted_time_point_per_sample_each_an_operating_point():
         accepted, rejected = _rusage("Accepted timepoints"), _rusage("Rejected timepoints")
     assert got is not None
     assert (accepted, rejected) == (16, 0)
-    ref = ReferenceBackend().solve(c, u, nudge)
-    assert np.abs(got.values - ref.node_voltages_v.numpy()).max() <= 1e-9
+    assert _agrees_with_reference(c, u, got.values, nudge)
 
 
 def test_a_failed_step_is_a_continuation_and_the_samples_are_kept():
@@ -98,24 +104,43 @@ def test_a_sample_agrees_within_tolerance_wherever_it_sits():
     assert float((forward - backward).abs().max()) <= 1e-9
 
 
-def test_long_chunks_run_as_several_transients():
-    n = 2 * TRAN_MAX_POINTS + 3
-    segments = _tran_segments(n)
-    assert segments[0][0] == 0 and segments[-1][1] == n and all(b == c for (_, b), (c, _) in zip(segments, segments[1:]))
-    assert all(2 <= stop - start <= TRAN_MAX_POINTS for start, stop in segments)
+def test_a_long_chunk_is_one_transient():
+    """The values travel in a rawfile, not in a command: no 1024-character limit, one transient."""
     c = make_block((4, 3, 2), kind="double", seed=9)
-    u = random_inputs(c, n, seed=5)
-    got = NgspiceBackend(reduced=True, method="tran", chunk=n).solve(c, u)
-    ref = ReferenceBackend().solve(c, u)
-    assert got.ok and float((got.node_voltages_v - ref.node_voltages_v).abs().max()) <= 1e-9
+    u = random_inputs(c, 75, seed=5)
+    s = session()
+    with s.lock:
+        s.unload()
+        got = _run_tran(s, _job(c, u))
+        accepted = _rusage("Accepted timepoints")
+    assert got is not None and accepted == 75
+    assert _agrees_with_reference(c, u, got.values)
 
 
-def test_pwl_command_carries_exact_values_and_fits_ngspice():
-    values = [0.1, 0.30000000000000004, -1 / 3]
-    assert pwl_command("in1_0", values) == "alter @in1_0[pwl] = [ 0 0.1 1 0.30000000000000004 2 -0.3333333333333333 ]"
-    assert pwl_command("inudge3", [0.0, 0.0]) == "alter @inudge3[pwl] = [ 0 0.0 ]"        # constant: one corner
-    worst = pwl_command("inudge9999", [-1.2345678901234567e-100 * (k + 1) for k in range(TRAN_MAX_POINTS)])
-    assert len(worst) < MAX_COMMAND_CHARS
+def test_the_rawfile_carries_exact_values():
+    """ngspice reads the rawfile's doubles bit for bit (values whose decimal text ngspice's
+    number parser would round differently included), and the file is gone once loaded."""
+    rng = np.random.default_rng(3)
+    columns = np.concatenate([rng.normal(0, 1e-4, (5, 3)), [[0.1, 1 / 3, -1.2345678901234567e-100]]])
+    s = session()
+    with s.lock:
+        s.unload()
+        s.load(".title rawfile\nr1 a 0 1\ni1 0 a PWL(0 0)\ni2 0 a PWL(0 0)\ni3 0 a PWL(0 0)\n.end\n")
+        s.set_pwls(["i1", "i2", "i3"], pwl_rawfile(columns), [pwl_vector(k) for k in range(3)],
+                   [tuple(col) for col in columns.T.tolist()])
+        back = s.read_arrays([f"@i{k + 1}[pwl]" for k in range(3)], 2 * len(columns))
+        left = os.listdir(s._scratch())
+        s.unload()
+    assert back is not None
+    assert np.array_equal(back[1::2], columns) and np.array_equal(back[0::2, 0], np.arange(len(columns)))
+    assert left == []
+
+
+def test_refused_pwl_values_raise_a_deck_error():
+    """An ``alter`` ngspice refuses is an NgspiceDeckError (a tran job then falls back to op)."""
+    s = session()
+    with s.lock, pytest.raises(NgspiceDeckError, match="refused"):
+        s.set_pwls(["nosuchsource"], pwl_rawfile(np.zeros((2, 1))), [pwl_vector(0)], [(0.0, 0.0)])
 
 
 def test_resident_deck_keeps_every_other_card():
@@ -153,14 +178,16 @@ def test_jobs_sharing_their_inputs_run_one_after_another():
     s = session()
     in_order = [run_job(j) for j in jobs]
     with s.lock:
-        commands = s.commands
+        before = s.pwl_sets
     got = be.run_jobs(c, torch.cat([u, u]), nudge, jobs)
     with s.lock:
-        alters = s.commands - commands
+        alters = s.pwl_sets - before
     for a, b in zip(in_order, got):
         assert np.array_equal(a.values, b.values)
-    # the last job run held chunk 1's inputs: chunk 1's two jobs need only the nudge PWLs, chunk 0's both
-    assert alters < 4 * len(jobs[0].sources)
+    # each chunk's input sources are given their values once (its +beta and -beta jobs run back
+    # to back), every job's nudge sources
+    inputs, nudges = jobs[0].inputs, len(jobs[0].sources) - jobs[0].inputs
+    assert alters == 2 * inputs + len(jobs) * nudges
 
 
 def test_jobs_are_32_samples_when_a_request_still_makes_two_of_them():

@@ -4,9 +4,12 @@
 **The resident deck** (method ``tran``). Each source that changes from sample
 to sample becomes an independent ``PWL`` source (its card keeps its name and
 nodes, so its vectors keep their names); the deck is loaded once and a chunk's
-values go in with one ``alter @NAME[pwl] = [ 0 x_0 1 x_1 ... ]`` command per
-source (:func:`pwl_command`): sample ``k`` is the value at ``t = k``, a PWL
-corner, where ngspice's PWL returns the value itself, not an interpolation.
+values go in as one binary rawfile (:func:`pwl_rawfile`, read by ngspice's
+``load``) and one short ``alter @NAME[pwl] = ffebm<k>`` per source, naming a
+vector of that file: sample ``k`` is the value at ``t = k``, a PWL corner, where
+ngspice's PWL returns the value itself, not an interpolation. (One ``alter
+@NAME[pwl] = [ 0 x_0 1 x_1 ... ]`` per source with the values as text cost 2-4x
+more: ngspice's command parser reads every number; docs/speed.md.)
 ``.options noinit`` keeps ngspice from printing the initial transient solution
 (every node, through the shared library's output callback) on each transient.
 
@@ -22,7 +25,7 @@ behavioural stand-in (:func:`swept_vector_name`).
 guesses, released once converged): a start next to a known answer that does not
 change the answer.
 
-Pure text (and numpy for the values): nothing here talks to ngspice.
+Pure text and bytes (and numpy for the values): nothing here talks to ngspice.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .session import MAX_COMMAND_CHARS, digest
+from .session import digest
 
 SWEEP_SOURCE = "vffebm_sweep"
 SWEEP_NODE = "ffebm_sweep"
@@ -53,32 +56,29 @@ def resident_deck(deck: str, deck_digest: str, sources: tuple[str, ...]) -> tupl
     return _TEMPLATES[key]
 
 
-def pwl_command(name: str, column: list[float]) -> str:
-    """``alter @name[pwl] = [ 0 x_0 1 x_1 ... ]``: sample ``k`` of ``column`` at ``t = k``
-    (one corner ``[ 0 x_0 ]`` when the column is constant: the PWL's value at every time).
-    Values as ``repr``, so ngspice gets the float64 exactly."""
-    if column.count(column[0]) == len(column):
-        column = column[:1]
-    parts = [""] * (2 * len(column))
-    parts[0::2] = _corner_times(len(column))
-    parts[1::2] = map(repr, map(float, column))
-    return f"alter @{name}[pwl] = [ " + " ".join(parts) + " ]"
+def pwl_rawfile(columns: np.ndarray) -> bytes:
+    """A binary ngspice rawfile (ngspice's own ``load`` format) of one plot holding, for column
+    ``k`` of ``columns`` (``(n, m)`` float64), the vector ``ffebm<k>`` = ``[0, x_0, 1, x_1, ...]``:
+    the PWL corner list of sample ``k``'s source, sample ``j`` at ``t = j``. Binary doubles in
+    this machine's byte order, so ngspice gets the float64 values bit for bit (no text parsing)."""
+    n, m = columns.shape
+    data = np.empty((2 * n, m), dtype=np.float64)
+    data[0::2] = np.arange(n, dtype=np.float64)[:, None]
+    data[1::2] = columns
+    return _raw_header(n, m) + np.ascontiguousarray(data).tobytes()
 
 
-@functools.lru_cache(maxsize=64)
-def _corner_times(n: int) -> list[str]:
-    return [str(k) for k in range(n)]
+@functools.lru_cache(maxsize=16)
+def _raw_header(n: int, m: int) -> bytes:
+    lines = ["Title: ffebm pwl values", "Date: -", "Plotname: ffebm pwl values", "Flags: real",
+             f"No. Variables: {m}", f"No. Points: {2 * n}", "Variables:"]
+    lines += [f"\t{k}\t{pwl_vector(k)}\tvoltage" for k in range(m)]
+    return ("\n".join(lines) + "\nBinary:\n").encode("ascii")
 
 
-def pwl_max_points(name_chars: int = 12) -> int:
-    """The most samples :func:`pwl_command` always fits in one ngspice command
-    (:data:`~.session.MAX_COMMAND_CHARS`) for element names of up to ``name_chars``
-    characters: the worst case, every value 24 characters (``-1.2345678901234567e-100``)."""
-    n, length = 0, len("alter @[pwl] = [ ]") + name_chars
-    while length + len(f"{n} ") + 25 < MAX_COMMAND_CHARS:
-        length += len(f"{n} ") + 25
-        n += 1
-    return n
+def pwl_vector(k: int) -> str:
+    """Name of column ``k``'s vector in :func:`pwl_rawfile`'s plot."""
+    return f"ffebm{k}"
 
 
 class SweepTemplate(NamedTuple):

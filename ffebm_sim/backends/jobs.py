@@ -22,8 +22,9 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   is solved again sample by sample with ``op``.
 * ``tran``: the resident deck (:func:`~.deckedit.resident_deck`: the changing
   sources as independent PWL sources) is loaded once, like ``op``'s; a chunk's
-  values go in with one ``alter @SRC[pwl]`` per source whose values changed
-  (:func:`~.deckedit.pwl_command`), and the chunk is one transient with one
+  values go in as one binary rawfile (:func:`~.deckedit.pwl_rawfile`, exact
+  float64) and one short ``alter @SRC[pwl] = vector`` per source whose values
+  changed (:meth:`~.session.NgspiceSession.set_pwls`), and the chunk is one transient with one
   time point per sample (:meth:`~.session.NgspiceSession.tran_samples`). The
   circuit has no reactive element, so every accepted time point is a DC
   operating point, solved to the deck's tolerances. Sample 0 is the
@@ -36,10 +37,8 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   the worker solved before (``tests/test_pool.py``). It does depend on the
   chunk's other samples within the solver's tolerance: the same sample in
   another chunk agrees to about 1e-12 V, not bit for bit (``op`` is the method
-  whose answers are bit-identical at any position). Chunks longer than
-  :data:`TRAN_MAX_POINTS` run as several transients (a command must stay below
-  ngspice's 1024 characters). A chunk whose transient fails is solved again
-  sample by sample with ``op``.
+  whose answers are bit-identical at any position). A chunk whose transient
+  fails is solved again sample by sample with ``op``.
 
 **Non-convergence.** ngspice's own ``op`` already falls back from Newton to
 gmin stepping and source stepping with its default ladders. A sample whose
@@ -63,7 +62,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .deckedit import SWEEP_NODE, SWEEP_SOURCE, pwl_command, pwl_max_points, resident_deck, swept_vector_name, sweep_deck
+from .deckedit import (SWEEP_NODE, SWEEP_SOURCE, pwl_rawfile, pwl_vector, resident_deck, swept_vector_name,
+                       sweep_deck)
 from .faults import injected_nonconvergence
 from .session import NgspiceDeckError, NgspiceSession, session
 
@@ -74,8 +74,6 @@ DEFAULT_CHUNK = 16
 LARGE_CHUNK = 32
 #: ``auto`` runs the resident transient for chunks of at least this many samples (one sample: alter+op).
 TRAN_MIN_SAMPLES = 2
-#: Samples per transient: a PWL of this many corners fits one ngspice command.
-TRAN_MAX_POINTS = pwl_max_points()
 #: Retries of a failed operating point, in order: (name, ngspice ``option`` command).
 #: ``noopiter`` skips the plain Newton attempt, ``gminsteps=0`` the gmin ladder.
 HOMOTOPIES = (("gmin stepping", "option itl1=1000 gminsteps=100"),
@@ -221,16 +219,8 @@ def sample_rows(time_s: np.ndarray, m: int) -> np.ndarray | None:
     return rows
 
 
-def _tran_segments(n: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of the transients of a chunk of ``n >= 2`` samples: as even as possible,
-    none longer than :data:`TRAN_MAX_POINTS` and none of one sample."""
-    parts = -(-n // TRAN_MAX_POINTS)
-    bounds = [round(k * n / parts) for k in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
 def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
-    """The chunk as transients of the resident deck (see the module docstring); None when one fails."""
+    """The chunk as one transient of the resident deck (see the module docstring); None when it fails."""
     n = job.values.shape[0]
     deck, deck_digest = resident_deck(job.deck, job.deck_digest, job.sources)
     try:
@@ -238,29 +228,26 @@ def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
     except NgspiceDeckError:
         s.unload()
         return None
-    out = np.empty((n, len(job.vectors)))
-    for start, stop in _tran_segments(n):
-        m = stop - start
-        part = job.values[start:stop]
+    columns = job.values.T.tolist()
+    changed = [k for k, (name, column) in enumerate(zip(job.sources, columns))
+               if s.pwl.get(name) != tuple(column)]       # the loaded circuit holds other values
+    if changed:
         try:
-            for name, column in zip(job.sources, part.T.tolist()):
-                key = tuple(column)
-                if s.pwl.get(name) != key:            # the loaded circuit holds other values
-                    s.set_pwl(name, pwl_command(name, column), key)
-        except (ValueError, NgspiceDeckError):     # too long for one command, or refused: solve with op
+            s.set_pwls([job.sources[k] for k in changed], pwl_rawfile(job.values[:, changed]),
+                       [pwl_vector(j) for j in range(len(changed))], [tuple(columns[k]) for k in changed])
+        except (OSError, NgspiceDeckError):       # no temporary file, or refused: solve with op
             s.unload()
             return None
-        failure = tran_samples(s, m)
-        length = 0 if failure else s.vector_length("time")
-        data = s.read_arrays(["time"] + list(job.vectors), length) if length >= m else None
-        s.destroy_plots()
-        if data is None:
-            return None
-        rows = sample_rows(data[:, 0], m)
-        if rows is None:
-            return None
-        out[start:stop] = data[rows, 1:]
-    return JobResult(out, ("",) * n)
+    failure = tran_samples(s, n)
+    length = 0 if failure else s.vector_length("time")
+    data = s.read_arrays(["time"] + list(job.vectors), length) if length >= n else None
+    s.destroy_plots()
+    if data is None:
+        return None
+    rows = sample_rows(data[:, 0], n)
+    if rows is None:
+        return None
+    return JobResult(np.ascontiguousarray(data[rows, 1:]), ("",) * n)
 
 
 def chunk_size(n: int) -> int:

@@ -35,11 +35,14 @@ callers hold :attr:`NgspiceSession.lock`.
 
 from __future__ import annotations
 
+import atexit
 import ctypes.util
 import hashlib
 import logging
 import math
 import os
+import shutil
+import tempfile
 import threading
 
 import numpy as np
@@ -99,10 +102,12 @@ class NgspiceSession:
         self.pwl: dict[str, tuple[float, ...]] = {}
         self._grid = False                # tran_samples running: the sync callback puts steps on integers
         self._sync_c = None
+        self._scratch_dir: str | None = None
         self.lock = threading.Lock()
         self.commands = 0
         self.solves = 0
         self.loads = 0
+        self.pwl_sets = 0                 # sources given new PWL values (set_pwls)
         self.analysis_closed_s = 0.0      # ngspice analysis time of circuits already removed
 
     # -- commands ---------------------------------------------------------------------------
@@ -198,15 +203,39 @@ class NgspiceSession:
             self._send(f"alter {element} dc = {value!r}")
             self.values[element] = value
 
-    def set_pwl(self, element: str, command: str, key: tuple[float, ...]) -> None:
-        """Send ``command`` (an ``alter @element[pwl] = [...]``) and remember that the loaded
-        circuit's ``element`` holds the values ``key`` (:attr:`pwl`, so callers skip repeats);
-        :class:`NgspiceDeckError` when ngspice refuses it."""
-        self.pwl.pop(element, None)
-        printed = self.command(command)
+    def set_pwls(self, elements: list[str], rawfile: bytes, vectors: list[str],
+                 keys: list[tuple[float, ...]]) -> None:
+        """Give each source of ``elements`` the PWL held by vector ``vectors[k]`` of ``rawfile``
+        (a binary rawfile, :func:`~.deckedit.pwl_rawfile`): the file is written to this
+        session's own temporary directory, ``load`` ed (a new plot), deleted, and each source
+        gets ``alter @element[pwl] = vector``. Remembers that ``elements[k]`` holds ``keys[k]``
+        (:attr:`pwl`, so callers skip repeats); :class:`NgspiceDeckError` when ngspice refuses."""
+        for element in elements:
+            self.pwl.pop(element, None)
+        path = os.path.join(self._scratch(), "pwl.raw")
+        with open(path, "wb") as f:
+            f.write(rawfile)
+        self._ng.clear_output()
+        try:
+            self._send(f'load "{path}"')
+        finally:
+            os.unlink(path)
+        for element, vector in zip(elements, vectors):
+            self._send(f"alter @{element}[pwl] = {vector}")
+        printed = self._printed()
         if "rror" in printed:
-            raise NgspiceDeckError(f"ngspice refused {command[:60]}...: " + " ".join(printed.split())[:200])
-        self.pwl[element] = key
+            raise NgspiceDeckError(f"ngspice refused the PWL values of {elements[0]}...: "
+                                   + " ".join(printed.split())[:200])
+        self.pwl.update(zip(elements, keys))
+        self.pwl_sets += len(elements)
+
+    def _scratch(self) -> str:
+        """This session's temporary directory (created on first use, removed at exit; it holds
+        a file only between writing and loading it)."""
+        if self._scratch_dir is None:
+            self._scratch_dir = tempfile.mkdtemp(prefix="ffebm-ngspice-")
+            atexit.register(shutil.rmtree, self._scratch_dir, True)
+        return self._scratch_dir
 
     def set_options(self, command: str) -> None:
         """An ngspice ``option ...`` command on the loaded circuit (it stays until the circuit is reloaded)."""
