@@ -21,8 +21,8 @@ def fixed_order_matmul(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     step is one elementwise IEEE multiply and one add (correctly rounded, no fused
     multiply-add, no reassociation), so row ``b`` of the result depends only on
     row ``b`` of ``x`` and on ``g``: not on the batch around it, its position, the
-    CPU's SIMD width or the BLAS library. Cost: ``K`` vectorised passes over a
-    ``(B, N)`` array (a 1568 x 100 input layer at batch 256: about 40 ms).
+    CPU's SIMD width or the BLAS library. Cost: ``K`` vectorised additions of a
+    ``(B, N)`` array (a 1568 x 100 input layer at batch 32: about 9 ms).
 
     Args:
         x: ``(B, K)`` or ``(K,)``.
@@ -36,9 +36,16 @@ def fixed_order_matmul(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     x2 = x[None, :] if single else x
     if x2.shape[1] != g.shape[0]:
         raise ValueError(f"fixed_order_matmul: shapes {x.shape} and {g.shape} do not chain")
-    out = np.zeros((x2.shape[0], g.shape[1]))
-    term = np.empty_like(out)
-    for k in range(g.shape[0]):
-        np.multiply(x2[:, k:k + 1], g[k], out=term)
-        out += term
+    B, K, N = x2.shape[0], g.shape[0], g.shape[1]
+    out = np.zeros((B, N))
+    # The products of up to ``step`` consecutive k at once (one call, ``(step, B, N)``, about
+    # 2 MB), then their sums one k after another: the same multiplies and the same adds in
+    # the same order as one k at a time, with half the numpy calls.
+    step = max(1, min(K, 2 ** 18 // max(1, B * N)))
+    terms = np.empty((step, B, N))
+    for k0 in range(0, K, step):
+        block = terms[:min(K, k0 + step) - k0]
+        np.multiply(x2.T[k0:k0 + len(block), :, None], g[k0:k0 + len(block), None, :], out=block)
+        for term in block:
+            out += term
     return out[0] if single else out

@@ -164,3 +164,19 @@ def test_pwl_table_spans_continuation_lines():
     assert lines[start].endswith("pwl(v(node),")
     assert lines[start + 1].startswith("+ ") and lines[start + 3].endswith(")")
     assert max(len(line) for line in lines) < 200
+
+
+def test_fixed_order_matmul_is_the_sequential_sum_bit_for_bit():
+    """Blocked products change nothing: the result is ``((x0 g0 + x1 g1) + x2 g2) ...``
+    evaluated one k at a time, the same bits (signed zeros included), at every batch size."""
+    from ffebm_sim.numerics import fixed_order_matmul
+    rng = np.random.default_rng(11)
+    for B, K, N in ((1, 1, 1), (3, 700, 5), (40, 1568, 100), (257, 9, 3)):
+        x, g = rng.normal(size=(B, K)), rng.uniform(-1e-4, 1e-4, (K, N))
+        x[0, : min(K, 3)] = -0.0
+        expected = np.zeros((B, N))
+        for k in range(K):
+            expected = expected + x[:, k:k + 1] * g[k]
+        got = fixed_order_matmul(x, g)
+        assert got.tobytes() == expected.tobytes(), (B, K, N)
+    assert fixed_order_matmul(x[0], g).tobytes() == expected[0].tobytes()
