@@ -101,11 +101,23 @@ def diode_cocontent(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:
     return junction_cocontent(v, model.saturation_current_a, model.vte, model.gmin_s)
 
 
+def _expm1_minus_y_over_y2(y: torch.Tensor) -> torch.Tensor:
+    """``(e^y - 1 - y) / y^2 = sum_k y^k / (k + 2)!`` for k = 0..8 (Horner)."""
+    acc = torch.full_like(y, 1.0 / math.factorial(10))
+    for k in range(7, -1, -1):
+        acc = acc * y + 1.0 / math.factorial(k + 2)
+    return acc
+
+
 def junction_cocontent(v: torch.Tensor, isat, vte, gmin: float) -> torch.Tensor:
     """:func:`diode_cocontent` with explicit (float or tensor) ``isat`` and ``vte``."""
     forward = v >= -3.0 * vte
-    exp_v = torch.exp(v / vte)
-    fwd = isat * (vte * (exp_v - 1.0) - v)
+    y = v / vte
+    # IS*vte*(e^y - 1 - y): near y = 0 the difference cancels (its rounding, IS*vte*1e-16 ~ 1e-26 J,
+    # swamps the energy of a network within 1e-12 V of 0 V, where Newton's line search compares
+    # energies): its Taylor series there (|y| < 0.05: truncation below 1e-18 relative).
+    series = y * y * _expm1_minus_y_over_y2(y)
+    fwd = isat * vte * torch.where(y.abs() < 0.05, series, torch.expm1(y) - y)
     v0 = -3.0 * vte
     c3 = (3.0 * vte / math.e) ** 3
     at_v0 = isat * (vte * (math.exp(-3.0) - 1.0) - v0)

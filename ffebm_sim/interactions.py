@@ -320,7 +320,14 @@ class LayeredNetwork:
 
     @property
     def has_bounds(self) -> bool:
-        return bool(torch.isfinite(self.lower).any())
+        return self.cached("has_bounds", lambda: bool(torch.isfinite(self.lower).any()))
+
+    def cached(self, key: str, build):
+        """``build()``, computed once per network (a solver's per-network constants: the network
+        is immutable, its nudged copies have their own cache)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     @property
     def device(self):

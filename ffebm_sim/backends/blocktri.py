@@ -32,8 +32,10 @@ class _Inverse:
     def __init__(self, T: torch.Tensor):
         self.diagonal = T.dim() == 2
         if self.diagonal:
-            # a zero diagonal entry is a floating node: a unit step there, the caller reports it
-            self.d = torch.where(T > 0, T, torch.ones_like(T))
+            # a zero diagonal entry is a floating node: a unit step there, the caller reports it; a
+            # negative one (a negative resistive nudge larger than the node's own conductance) is a
+            # pivot like any other
+            self.d = torch.where(T != 0, T, torch.ones_like(T))
             return
         self.chol, info = torch.linalg.cholesky_ex(T)
         self.bad = (info != 0).nonzero().flatten()
