@@ -321,7 +321,7 @@ class _State:
 
     def energy(self, net: LayeredNetwork, b: torch.Tensor) -> torch.Tensor:
         if self.e is None:
-            self.e = net.quadratic_energy(self.x, self.lx - b, b) + net.nonlinear(self.x, energy=True)[2]
+            self.e = net.quadratic_energy(self.x, self.lx - b, b) + net.nonlinear(self.x, energy=True, currents=False)[2]
         return self.e
 
     def rows(self, idx) -> "_State":
