@@ -29,6 +29,9 @@ is the same operating point. Newton solves ``(W J) dx = -W r`` (Cholesky) and
 line-searches on ``E_w``; convergence is judged on the physical currents ``r``.
 Without amplifiers ``W = I`` and nothing changes. The terms of ``L``, ``b`` and
 ``f`` are the interactions of :mod:`ffebm_sim.interactions`, written there once.
+A negative resistive nudge (EP's mirror phase) can make ``E_w`` concave along an output whose
+table or junction does not conduct; a Newton step that is then not a descent direction is
+replaced by the step of the Hessian without that nudge (:func:`concave_shift`), which is.
 The ``ideal`` nonlinearity is the hard clip ``-v_off <= x <= v_off`` (no junction
 at all), handled by projected Newton: nodes at a bound whose gradient points
 outward are held there.
