@@ -164,6 +164,20 @@ def test_clipped_to_zero_with_junctions_at_zero_rails_found_by_hypothesis():
     _phases(c, random_inputs(c, 3, seed=0), 0)
 
 
+def test_negative_nudge_on_clipped_outputs_found_by_hypothesis():
+    """A negative resistive nudge (0.1 of the output conductance) on ``ideal`` outputs, mismatch:
+    the energy is concave along the outputs and bounded by their clips, so more than one
+    equilibrium exists; the layered solver's coordinate descent reached another one (0.06 V
+    away) than the dense Newton. Under a negative nudge both take the same Newton path."""
+    junction = Nonlinearity("double", 0.05, DiodeModel(1e-8, 1.0, 1e-12))
+    gs = (np.array([[6.93933081e-05], [6.41458221e-05]]), np.array([[1.28644224e-05, 1.13708050e-05]]),
+          np.array([[6.53345521e-05, 8.53457106e-05, 2.01779134e-05, 2.18018637e-05, 7.16584636e-05],
+                    [4.70699671e-05, 4.15221931e-05, 3.49147805e-05, 6.38537531e-06, 4.54666166e-05]]))
+    c = replace(make_block((1, 1, 2, 5), kind="double", seed=0, gain=4.0, v_off=0.05), conductances=gs,
+                hidden=(junction, junction), output=Nonlinearity("ideal", 0.05), mismatch=Mismatch(0.1, 0.0, 0.0, 5))
+    _phases(c, random_inputs(c, 3, seed=805), 805)
+
+
 def test_block_solve_is_the_dense_solve_with_held_nodes():
     """The block elimination solves (W J) dx = g exactly, held nodes as identity rows, in either order."""
     for sizes, gains in (((5, 7, 3, 4), (2.0, 0.5)), ((3, 2, 9), None), ((4, 6), None), ((3, 4, 4, 4, 2), None)):

@@ -202,7 +202,10 @@ class ReferenceBackend(Backend):
             raise SpecError(f"start: shape {tuple(start.shape)}, expected ({B}, {N})")
         problem = Problem(net, b)
         algebra = (_Dense if self.solver == "dense" else _Layered)(problem)
-        sweep = self.solver == "layered" and _sweepable(net)
+        # Under a negative resistive nudge the energy need not be convex (concave_shift): more than
+        # one equilibrium (an ideal output pushed to either bound); both solvers then take the same
+        # projected Newton path from the warm start, coordinate descent might pick another one.
+        sweep = self.solver == "layered" and _sweepable(net) and concave_shift(net) is None
         x = self._start(problem, algebra, None if start is None else start.to(self.device), cold_zero=sweep)
         if sweep:
             x = (layer_sweeps(net, b, x, JUNCTION_SWEEP_TOLERANCE, JUNCTION_MAX_SWEEPS) if net.diodes
