@@ -81,14 +81,40 @@ def diode_current_and_conductance(v: torch.Tensor, model: DiodeModel) -> tuple[t
 def junction_current_and_conductance(v: torch.Tensor, isat, vte, gmin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The junction law with explicit parameters: ``isat`` (A) and ``vte`` = N*Vt (V)
     may be floats or tensors broadcasting against ``v`` (per-element mismatch, temperature)."""
+    current, conductance, _ = junction_law(v, isat, vte, gmin)
+    return current, conductance
+
+
+def junction_law(v: torch.Tensor, isat, vte, gmin: float, energy: bool = False):
+    """``(current, conductance, co-content)`` of the junction at ``v`` (A, S, J; the co-content
+    None unless ``energy``), evaluated together (one exponential): :func:`junction_current_and_conductance`
+    and :func:`junction_cocontent` are this law.
+
+    Forward (``v >= -3 vte``): ``IS (e^y - 1)``, ``IS e^y / vte``, ``IS vte (e^y - 1 - y)`` with ``y = v / vte``;
+    reverse: ngspice's ``-IS (1 + a)``, ``a = (3 vte / (e v))^3``, and its integral continued from
+    ``v0 = -3 vte``. GMIN adds ``GMIN v``, ``GMIN``, ``GMIN v^2 / 2``."""
     forward = v >= -3.0 * vte
-    exp_v = torch.exp(v / vte)
-    # Reverse branch: arg = (3*vte/(e*v))**3; guard v = 0 where it is unused.
-    v_rev = torch.where(forward, torch.full_like(v, -1.0), v)
+    y = v / vte
+    exp_v = torch.exp(y)
+    v0 = -3.0 * vte
+    # Reverse branch: guard the forward entries with v0 (nonzero), where it is unused.
+    v_rev = torch.where(forward, torch.zeros_like(v) + v0, v)
     arg = (3.0 * vte / (math.e * v_rev)) ** 3
     current = torch.where(forward, isat * (exp_v - 1.0), -isat * (1.0 + arg))
     conductance = torch.where(forward, isat * exp_v / vte, isat * 3.0 * arg / v_rev)
-    return current + gmin * v, conductance + gmin
+    cocontent = None
+    if energy:
+        # IS*vte*(e^y - 1 - y): near y = 0 the difference cancels (its rounding, IS*vte*1e-16 ~ 1e-26 J,
+        # swamps the energy of a network within 1e-12 V of 0 V, where Newton's line search compares
+        # energies): its Taylor series there (|y| < 0.05: truncation below 1e-18 relative).
+        series = y * y * _expm1_minus_y_over_y2(y)
+        fwd = isat * vte * torch.where(y.abs() < 0.05, series, torch.expm1(y) - y)
+        c3 = (3.0 * vte / math.e) ** 3
+        at_v0 = isat * (vte * (math.exp(-3.0) - 1.0) - v0)
+        # integral_{v0}^{v} -IS*(1 + c3*u**-3) du = -IS*[(v - v0) - c3/2*(v**-2 - v0**-2)]
+        rev = at_v0 - isat * ((v_rev - v0) - 0.5 * c3 * (v_rev ** -2 - v0 ** -2))
+        cocontent = torch.where(forward, fwd, rev) + 0.5 * gmin * v * v
+    return current + gmin * v, conductance + gmin, cocontent
 
 
 def diode_cocontent(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:
@@ -101,18 +127,17 @@ def diode_cocontent(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:
     return junction_cocontent(v, model.saturation_current_a, model.vte, model.gmin_s)
 
 
+def _expm1_minus_y_over_y2(y: torch.Tensor) -> torch.Tensor:
+    """``(e^y - 1 - y) / y^2 = sum_k y^k / (k + 2)!`` for k = 0..8 (Horner)."""
+    acc = torch.full_like(y, 1.0 / math.factorial(10))
+    for k in range(7, -1, -1):
+        acc = acc * y + 1.0 / math.factorial(k + 2)
+    return acc
+
+
 def junction_cocontent(v: torch.Tensor, isat, vte, gmin: float) -> torch.Tensor:
     """:func:`diode_cocontent` with explicit (float or tensor) ``isat`` and ``vte``."""
-    forward = v >= -3.0 * vte
-    exp_v = torch.exp(v / vte)
-    fwd = isat * (vte * (exp_v - 1.0) - v)
-    v0 = -3.0 * vte
-    c3 = (3.0 * vte / math.e) ** 3
-    at_v0 = isat * (vte * (math.exp(-3.0) - 1.0) - v0)
-    v_rev = torch.where(forward, torch.zeros_like(v) + v0, v)
-    # integral_{v0}^{v} -IS*(1 + c3*u**-3) du = -IS*[(v - v0) - c3/2*(v**-2 - v0**-2)]
-    rev = at_v0 - isat * ((v_rev - v0) - 0.5 * c3 * (v_rev ** -2 - v0 ** -2))
-    return torch.where(forward, fwd, rev) + 0.5 * gmin * v * v
+    return junction_law(v, isat, vte, gmin, energy=True)[2]
 
 
 # ---- temperature (ngspice diotemp.c, level-1 junction, TLEV = 0) --------------------------

@@ -61,7 +61,7 @@ import torch
 from .amplifier import back_current, drive_voltage
 from .circuit import BlockCircuit, clamp_diode_voltage, clamp_node_current
 from .crossbar import crossbars
-from .devices import (DiodeModel, junction_cocontent, junction_current_and_conductance, pwl_cocontent,
+from .devices import (DiodeModel, junction_cocontent, junction_law, pwl_cocontent,
                       pwl_current_and_conductance)
 
 DTYPE = torch.float64
@@ -320,7 +320,14 @@ class LayeredNetwork:
 
     @property
     def has_bounds(self) -> bool:
-        return bool(torch.isfinite(self.lower).any())
+        return self.cached("has_bounds", lambda: bool(torch.isfinite(self.lower).any()))
+
+    def cached(self, key: str, build):
+        """``build()``, computed once per network (a solver's per-network constants: the network
+        is immutable, its nudged copies have their own cache)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     @property
     def device(self):
@@ -464,9 +471,12 @@ class LayeredNetwork:
                                         gmins.pop() if len(gmins) == 1 else None)
         return self._cache["junctions"]
 
-    def nonlinear(self, x: torch.Tensor, energy: bool = False):
+    def nonlinear(self, x: torch.Tensor, energy: bool = False, currents: bool = True):
         """``f(x)``, ``f'(x)`` (physical currents, A and S) and, when ``energy``, the co-content
-        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J)."""
+        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J).
+        ``currents=False``: the energy alone (``f``, ``f'`` None)."""
+        if not currents:
+            return None, None, self._cocontent(x)
         f = torch.zeros_like(x)
         df = torch.zeros_like(x)
         e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -477,7 +487,7 @@ class LayeredNetwork:
                 raise ValueError("diode groups with different GMIN")
             vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
             vd = torch.cat(vds, 1) if len(vds) > 1 else vds[0]
-            i, gd = junction_current_and_conductance(vd, isat, vte, gmin)
+            i, gd, c = junction_law(vd, isat, vte, gmin, energy)
             start = 0
             for g, s, v in zip(self.diodes, sel, vds):
                 part = slice(start, start + v.shape[1])
@@ -485,7 +495,6 @@ class LayeredNetwork:
                 f[:, s] += clamp_node_current(i[:, part], g.upward)
                 df[:, s] += gd[:, part]
             if energy:
-                c = junction_cocontent(vd, isat, vte, gmin)
                 e = e + (c if wd is None else c * wd).sum(1)
         for g in self.pwls:
             xv = x[:, g.nodes]
@@ -496,6 +505,20 @@ class LayeredNetwork:
                 c = pwl_cocontent(xv, g.table)
                 e = e + (c if w is None else c * w[g.nodes]).sum(1)
         return f, df, e
+
+    def _cocontent(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` the nonlinear part of ``E_w`` alone (:meth:`nonlinear`)."""
+        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        if self.diodes:
+            sel, isat, vte, wd, gmin = self._junctions()
+            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
+            c = junction_cocontent(torch.cat(vds, 1) if len(vds) > 1 else vds[0], isat, vte, gmin)
+            e = e + (c if wd is None else c * wd).sum(1)
+        w = self.node_weights
+        for g in self.pwls:
+            c = pwl_cocontent(x[:, g.nodes], g.table)
+            e = e + (c if w is None else c * w[g.nodes]).sum(1)
+        return e
 
     def quadratic_energy(self, x: torch.Tensor, r_lin: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``(B,)`` the linear elements' part of ``E_w`` (J), given ``r_lin = L x - b`` at ``x`` (nudge

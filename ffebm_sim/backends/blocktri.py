@@ -32,8 +32,10 @@ class _Inverse:
     def __init__(self, T: torch.Tensor):
         self.diagonal = T.dim() == 2
         if self.diagonal:
-            # a zero diagonal entry is a floating node: a unit step there, the caller reports it
-            self.d = torch.where(T > 0, T, torch.ones_like(T))
+            # a zero diagonal entry is a floating node: a unit step there, the caller reports it; a
+            # negative one (a negative resistive nudge larger than the node's own conductance) is a
+            # pivot like any other
+            self.d = torch.where(T != 0, T, torch.ones_like(T))
             return
         self.chol, info = torch.linalg.cholesky_ex(T)
         self.bad = (info != 0).nonzero().flatten()
@@ -62,7 +64,7 @@ def jacobian_blocks(net: LayeredNetwork, df: torch.Tensor, held: torch.Tensor | 
     (identity rows and columns at the held nodes), for k = 2..m the coupling ``U_k`` ``(n_{k-1}, n_k)``
     shared by the batch, and per layer ``(B, n_k)`` 1.0 at the free and 0.0 at the held nodes
     (None without held nodes): the coupling of sample b is ``keep_{k-1} U_k keep_k``."""
-    w = net.layer_weights.tolist()
+    w, U = net.cached("blocktri", lambda: _couplings(net))
     keep = [None] * net.depth if held is None else [(~h).to(df.dtype) for h in net.layers(held)]
     D = []
     for k, (blk, d) in enumerate(zip(net.self_blocks(), net.layers(df))):
@@ -75,8 +77,13 @@ def jacobian_blocks(net: LayeredNetwork, df: torch.Tensor, held: torch.Tensor | 
             if keep[k] is not None:
                 Dk = Dk * keep[k][:, :, None] * keep[k][:, None, :] + torch.diag_embed(1.0 - keep[k])
         D.append(Dk)
-    U = [-w[k - 1] * net.couplings[k].backward for k in range(1, net.depth)]
     return D, U, keep
+
+
+def _couplings(net: LayeredNetwork):
+    """The layer weights and the couplings ``U_k = -w_{k-1} backward_k`` (per network)."""
+    w = net.layer_weights.tolist()
+    return w, [-w[k - 1] * net.couplings[k].backward for k in range(1, net.depth)]
 
 
 def _order(D: list[torch.Tensor]) -> bool:

@@ -29,6 +29,9 @@ is the same operating point. Newton solves ``(W J) dx = -W r`` (Cholesky) and
 line-searches on ``E_w``; convergence is judged on the physical currents ``r``.
 Without amplifiers ``W = I`` and nothing changes. The terms of ``L``, ``b`` and
 ``f`` are the interactions of :mod:`ffebm_sim.interactions`, written there once.
+A negative resistive nudge (EP's mirror phase) can make ``E_w`` concave along an output whose
+table or junction does not conduct; a Newton step that is then not a descent direction is
+replaced by the step of the Hessian without that nudge (:func:`concave_shift`), which is.
 The ``ideal`` nonlinearity is the hard clip ``-v_off <= x <= v_off`` (no junction
 at all), handled by projected Newton: nodes at a bound whose gradient points
 outward are held there.
@@ -199,18 +202,22 @@ class ReferenceBackend(Backend):
             raise SpecError(f"start: shape {tuple(start.shape)}, expected ({B}, {N})")
         problem = Problem(net, b)
         algebra = (_Dense if self.solver == "dense" else _Layered)(problem)
-        sweep = self.solver == "layered" and _sweepable(net)
+        # Under a negative resistive nudge the energy need not be convex (concave_shift): more than
+        # one equilibrium (an ideal output pushed to either bound); both solvers then take the same
+        # projected Newton path from the warm start, coordinate descent might pick another one.
+        sweep = self.solver == "layered" and _sweepable(net) and concave_shift(net) is None
         x = self._start(problem, algebra, None if start is None else start.to(self.device), cold_zero=sweep)
         if sweep:
             x = (layer_sweeps(net, b, x, JUNCTION_SWEEP_TOLERANCE, JUNCTION_MAX_SWEEPS) if net.diodes
                  else layer_sweeps(net, b, x))
-        x, converged, iterations, residual = self._newton(problem, algebra, x)
+        x, df, converged, iterations, residual = self._newton(problem, algebra, x)
         messages = [("" if c else f"reference: KCL residual {r:.3g} A after {iterations} Newton iterations; "
                      "raise max_iterations or check the conductances")
                     for c, r in zip(converged.tolist(), residual.tolist())]
-        # A node with no conductance at all (and no junction GMIN) floats: no unique answer.
-        _, df, _ = net.nonlinear(x)
-        floating = (_diagonal(net) + df) <= 0
+        # A node with no conductance at all (and no junction GMIN) floats: no unique answer. (A
+        # negative resistive nudge is not counted against the node's own conductance.)
+        shift = concave_shift(net)
+        floating = (_diagonal(net) + df + (0.0 if shift is None else shift)) <= 0
         if floating.any():
             names = free_node_names(circuit)
             for k in floating.any(1).nonzero().flatten().tolist():
@@ -248,6 +255,22 @@ class ReferenceBackend(Backend):
                                      else torch.maximum(xv, g.rail_v - vd))
         return torch.maximum(torch.minimum(x, net.upper), net.lower)
 
+    def _converged(self, net: LayeredNetwork, algebra, x: torch.Tensor, r_abs: torch.Tensor,
+                   other: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` the convergence test ``|r_i| <= abstol_a + reltol * s_i`` (module docstring), ``s_i =
+        (|L| |x|)_i + other_i``. First against the bound ``(|L| 1)_i max_j |x_j| >= (|L| |x|)_i``
+        (one product less): a sample that fails there fails the test; only if some sample passes
+        is ``|L| |x|`` formed."""
+        row_abs = net.cached("row_abs", lambda: algebra.scale(torch.ones(1, net.n_free, dtype=DTYPE,
+                                                                            device=net.device)))
+        if not x.shape[1]:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        coarse = (1.0 + 1e-12) * row_abs * x.abs().amax(1, keepdim=True) + other
+        maybe = (r_abs <= self.abstol_a + self.reltol * coarse).all(1)
+        if not bool(maybe.any()):
+            return maybe
+        return maybe & (r_abs <= self.abstol_a + self.reltol * (algebra.scale(x) + other)).all(1)
+
     def _newton(self, problem: Problem, algebra, x: torch.Tensor):
         """Projected Newton on ``W r = 0`` with a line search on ``E_w`` (module docstring). The
         point a line search accepts comes with its currents and energy: one evaluation of the
@@ -267,8 +290,7 @@ class ReferenceBackend(Backend):
             if net.has_bounds:
                 held = ((x >= net.upper) & (r < 0)) | ((x <= net.lower) & (r > 0))
                 r_free = torch.where(held, torch.zeros_like(r), r)
-            scale = algebra.scale(x) + abs_b + f.abs()
-            ok = (r_free.abs() <= self.abstol_a + self.reltol * scale).all(1)
+            ok = self._converged(net, algebra, x, r_free.abs(), abs_b + f.abs())
             residual = r_free.abs().amax(1) if N else torch.zeros(B, dtype=DTYPE, device=b.device)
             converged = ok
             active = ~ok
@@ -276,12 +298,13 @@ class ReferenceBackend(Backend):
                 break
             g_w = net.weighted(r_free)           # the gradient of E_w
             if bool(active.all()):               # skip the row gathers in the common case
-                state = _line_search(net, algebra, b, state, g_w, -algebra.step(state.df, held, g_w))
+                dx = _descent_step(net, algebra, state.df, held, g_w)
+                state = _line_search(net, algebra, b, state, g_w, dx)
             else:
                 h = None if held is None else held[active]
-                dx = -algebra.step(state.df[active], h, g_w[active])
+                dx = _descent_step(net, algebra, state.df[active], h, g_w[active])
                 state.put(active, _line_search(net, algebra, b[active], state.rows(active), g_w[active], dx))
-        return state.x, converged, it, residual
+        return state.x, state.df, converged, it, residual
 
 
 @dataclass
@@ -304,7 +327,7 @@ class _State:
 
     def energy(self, net: LayeredNetwork, b: torch.Tensor) -> torch.Tensor:
         if self.e is None:
-            self.e = net.quadratic_energy(self.x, self.lx - b, b) + net.nonlinear(self.x, energy=True)[2]
+            self.e = net.quadratic_energy(self.x, self.lx - b, b) + net.nonlinear(self.x, energy=True, currents=False)[2]
         return self.e
 
     def rows(self, idx) -> "_State":
@@ -320,7 +343,8 @@ class _State:
 
 def _diagonal(net: LayeredNetwork) -> torch.Tensor:
     """``(N,)`` the diagonal of ``L``: each node's total conductance to its neighbours and fixed potentials."""
-    return torch.cat([blk if blk.dim() == 1 else torch.diagonal(blk) for blk in net.self_blocks()])
+    return net.cached("diagonal", lambda: torch.cat([blk if blk.dim() == 1 else torch.diagonal(blk)
+                                                     for blk in net.self_blocks()]))
 
 
 def _sweepable(net: LayeredNetwork) -> bool:
@@ -328,7 +352,8 @@ def _sweepable(net: LayeredNetwork) -> bool:
     node's own problem solvable in closed form (a clip, a junction, nothing; a table has none).
     A negative resistive nudge larger than a node's own conductance makes that node's quadratic
     concave: its minimiser along the node is then not a weighted mean (Newton alone handles it)."""
-    return not net.wires and not net.pwls and all(bool((blk > 0).all()) for blk in net.self_blocks())
+    return net.cached("sweepable", lambda: not net.wires and not net.pwls
+                      and all(bool((blk > 0).all()) for blk in net.self_blocks()))
 
 
 #: Layer sweeps stop when no node moved by more than this fraction of the largest node voltage
@@ -338,7 +363,7 @@ MAX_SWEEPS = 40
 #: With junctions the sweeps are a warm start for Newton (which converges quadratically near
 #: the answer): they stop earlier.
 JUNCTION_SWEEP_TOLERANCE = 1e-4
-JUNCTION_MAX_SWEEPS = 6
+JUNCTION_MAX_SWEEPS = 3
 
 
 def junction_minimiser(m: torch.Tensor, d: torch.Tensor, up, down, gmin: float) -> torch.Tensor:
@@ -387,6 +412,27 @@ def _layer_junctions(net: LayeredNetwork, k: int):
     return ends[0], ends[1], groups[0].model.gmin_s
 
 
+def _sweep_plan(net: LayeredNetwork):
+    """The per-network constants of :func:`layer_sweeps`: the self blocks, the bounds per layer,
+    the junctions, per layer (in sweep order) ``1 / S_k`` and the neighbour blocks divided by
+    ``S_k``, and the layer updated last."""
+    m = net.depth
+    blocks = net.self_blocks()
+    inv_d = [1.0 / d for d in blocks]
+    lower, upper = net.layers(net.lower[None, :]), net.layers(net.upper[None, :])
+    junctions = [_layer_junctions(net, k) for k in range(m)]
+    steps = []
+    for k in range(m):
+        terms = []
+        if k >= 1:
+            terms.append((k - 1, net.couplings[k].forward * inv_d[k]))
+        if k + 1 < m:
+            terms.append((k + 1, net.couplings[k + 1].backward_t * inv_d[k]))
+        steps.append((k, inv_d[k], terms))
+    order = [step for parity in (0, 1) for step in steps[parity::2]]
+    return blocks, lower, upper, junctions, order, order[-1][0]
+
+
 def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, tolerance: float = SWEEP_TOLERANCE,
                  max_sweeps: int = MAX_SWEEPS) -> torch.Tensor:
     """Exact block coordinate descent on ``E_w`` (Scellier 2024, "A fast algorithm to simulate
@@ -403,22 +449,9 @@ def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, toleranc
     sweep moves no node of the layer updated last by more than ``tolerance`` times that
     layer's largest ``|x|`` (its neighbours have then settled too: it is their weighted mean),
     or after ``max_sweeps``; the Newton iteration that follows checks the KCL test."""
-    m = net.depth
-    blocks = net.self_blocks()
-    inv_d = [1.0 / d for d in blocks]
-    lower, upper = net.layers(net.lower[None, :]), net.layers(net.upper[None, :])
+    blocks, lower, upper, junctions, steps, last = net.cached("sweeps", lambda: _sweep_plan(net))
     xl = net.layers(x)
-    junctions = [_layer_junctions(net, k) for k in range(m)]
-    steps = []
-    for k in range(m):
-        terms = []
-        if k >= 1:
-            terms.append((k - 1, net.couplings[k].forward * inv_d[k]))
-        if k + 1 < m:
-            terms.append((k + 1, net.couplings[k + 1].backward_t * inv_d[k]))
-        steps.append((k, b[:, net.slices[k]] * inv_d[k], terms))
-    order = [step for parity in (0, 1) for step in steps[parity::2]]
-    last = order[-1][0]
+    order = [(k, b[:, net.slices[k]] * inv, terms) for k, inv, terms in steps]
     for _ in range(max_sweeps):
         for k, base, terms in order:
             new = base
@@ -433,6 +466,44 @@ def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, toleranc
         if float(moved) <= tolerance * float(size):
             break
     return x
+
+
+def concave_shift(net: LayeredNetwork) -> torch.Tensor | None:
+    """``(N,)`` what makes the energy's Hessian positive definite everywhere, or None where it
+    already is: ``|beta|`` at the output nodes under a negative resistive nudge ``beta < 0``.
+
+    Every other term of ``W J`` is a Laplacian with positive ties, a junction or a monotone table
+    (:mod:`ffebm_sim.devices`): positive (semi)definite. The negative nudge (EP's mirror phase)
+    subtracts ``w_out |beta|`` at the outputs; where the output's own table or junction does not
+    conduct and its path to the fixed potentials is weaker than ``|beta|`` the energy is concave
+    along the output and the Hessian indefinite. Adding ``|beta|`` back gives the Hessian of the
+    network without the nudge."""
+    if net.nudge is None:
+        return None
+    beta = float(net.nudge.conductances[0])
+    if beta >= 0:
+        return None
+    shift = torch.zeros(net.n_free, dtype=DTYPE, device=net.device)
+    shift[net.out_slice] = -beta
+    return shift
+
+
+def _descent_step(net: LayeredNetwork, algebra, df: torch.Tensor, held, g_w: torch.Tensor) -> torch.Tensor:
+    """The Newton step ``-(W J)^-1 g_w``, or, for the samples where it is not a descent direction
+    of ``E_w`` (an indefinite Hessian under a negative resistive nudge, :func:`concave_shift`), the
+    step of the shifted, positive definite Hessian, which is one: the line search then decreases
+    ``E_w`` instead of stalling at its shortest step (Newton from the free state of a circuit whose
+    output sat in a table's flat part stopped there after 200 iterations). Near a minimum the
+    Hessian is positive definite and the plain Newton step is kept (quadratic convergence)."""
+    dx = -algebra.step(df, held, g_w)
+    shift = concave_shift(net)
+    if shift is None:
+        return dx
+    uphill = ~((g_w * dx).sum(1) < 0)           # not a descent direction (NaN included)
+    if bool(uphill.any()):
+        idx = uphill.nonzero().flatten()
+        dx[idx] = -algebra.step(df[idx] + shift, None if held is None else held[idx], g_w[idx])
+    return dx
 
 
 def _line_search(net: LayeredNetwork, algebra, b, state: _State, grad, dx) -> _State:
