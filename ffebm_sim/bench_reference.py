@@ -251,7 +251,7 @@ def markdown(report: dict) -> list[str]:
               + ", ".join(f"{s} {v['seconds']:.1f} s" for s, v in ep.items()), ""]
     base = report.get("baseline")
     if base:
-        lines += [f"The reference of `{base['tree']}` (before the layered solver), same run:", "",
+        lines += [f"The reference of `{base['tree']}`, same run:", "",
                   "| figure | us per sample |", "|---|---|"]
         lines += [f"| free equilibrium, {k} | {v:.1f} |" for k, v in base["fastdrn"].items()]
         lines += [f"| EP sample, {k} | {v:.0f} |" for k, v in base["ep"].items()]
