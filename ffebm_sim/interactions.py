@@ -553,6 +553,9 @@ def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductan
     slices = tuple(circuit.layer_slice(k) for k in range(1, m + 1))
     biases: list[Ties | None] = [None] * m
     if circuit.has_wires:
+        if conductances is not None or bias is not None:
+            raise ValueError("layered_network: conductances/bias given for a circuit with wires "
+                             "(its Kron-reduced crossbars are built from the circuit's own)")
         vb = circuit.bias_voltage_v
         rail_v = torch.tensor([vb, -vb], dtype=DTYPE) if circuit.has_bias else None
         n_rows = [2 * circuit.n_inputs] + list(sizes[:-1])

@@ -272,3 +272,18 @@ def test_strongly_clamped_chains_found_by_hypothesis(sizes):
     c = replace(make_block(sizes, kind="double", seed=0, gain=1.0, bias=False, v_off=0.0),
                 hidden=tuple(junction for _ in sizes[2:]), output=junction)
     _phases(c, random_inputs(c, 3, seed=0), 0, require_ok=False)
+
+
+def test_singular_dense_block_gives_non_finite_steps_not_an_exception():
+    """A dense self block that is singular (two nodes tied only to each other: a floating pair)
+    is not positive definite and cannot be LU-factored either: the steps there are non-finite
+    (the solver then reports the floating node), the other samples solve as before."""
+    from ffebm_sim.backends.blocktri import _Inverse
+    g = 1e-4
+    spd = torch.tensor([[2 * g, -g], [-g, 2 * g]], dtype=torch.float64)
+    floating = torch.tensor([[g, -g], [-g, g]], dtype=torch.float64)
+    T = torch.stack([spd, floating])
+    y = torch.tensor([[1e-6, 2e-6], [1e-6, 2e-6]], dtype=torch.float64)
+    out = _Inverse(T)(y)
+    torch.testing.assert_close(out[0], torch.linalg.solve(spd, y[0]), rtol=1e-14, atol=0)
+    assert not torch.isfinite(out[1]).all()

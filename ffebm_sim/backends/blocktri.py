@@ -40,8 +40,9 @@ class _Inverse:
         self.chol, info = torch.linalg.cholesky_ex(T)
         self.bad = (info != 0).nonzero().flatten()
         if len(self.bad):
-            self.lu = torch.linalg.lu_factor(T[self.bad] + 1e-300 * torch.eye(T.shape[-1], dtype=T.dtype,
-                                                                                 device=T.device))
+            # not positive definite: LU; an exactly singular block (nodes tied only to each other)
+            # gives non-finite steps there, which the caller reports as a floating node
+            self.lu = torch.linalg.lu_factor_ex(T[self.bad])[:2]
 
     def __call__(self, Y: torch.Tensor) -> torch.Tensor:
         """``T^-1 Y`` for ``Y`` ``(B, n)`` or ``(B, n, c)``."""

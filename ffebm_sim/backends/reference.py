@@ -483,9 +483,12 @@ def concave_shift(net: LayeredNetwork) -> torch.Tensor | None:
     beta = float(net.nudge.conductances[0])
     if beta >= 0:
         return None
-    shift = torch.zeros(net.n_free, dtype=DTYPE, device=net.device)
-    shift[net.out_slice] = -beta
-    return shift
+
+    def shift():
+        out = torch.zeros(net.n_free, dtype=DTYPE, device=net.device)
+        out[net.out_slice] = -beta
+        return out
+    return net.cached("concave_shift", shift)
 
 
 def _descent_step(net: LayeredNetwork, algebra, df: torch.Tensor, held, g_w: torch.Tensor) -> torch.Tensor:
