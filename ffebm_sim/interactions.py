@@ -140,12 +140,16 @@ class Coupling:
         ``a``, ``b`` (EP's nudged phases) and per-sample weights ``w`` ``(B,)``. As
         ``(d_a - d_b)(d_a + d_b) / 2`` with ``d = A v_i - x_j``, expanded into batch products:
         ``(Dv_i - Dx_j)(Sv_i - Sx_j)`` (``D``, ``S``: differences and sums of the two states), so
-        no ``(B, rows, cols)`` array is formed and the small difference is taken first."""
+        no ``(B, rows, cols)`` array is formed and the small difference is taken first. The two
+        cross terms are one product over ``2B`` (``[wDv, Sv]^T [Sx, wDx]``) and the rest is added
+        in place: a large input layer's ``(rows, cols)`` is megabytes, and each fresh one costs."""
         drive = (lambda v: v) if self.gain == 1.0 else (lambda v: drive_voltage(v, self.gain))
         dv, sv = drive(v_a - v_b), drive(v_a + v_b)
         dx, sx = x_a - x_b, x_a + x_b
         wdv, wdx = w[:, None] * dv, w[:, None] * dx
-        return 0.5 * ((wdv * sv).sum(0)[:, None] + (wdx * sx).sum(0)[None, :] - wdv.T @ sx - sv.T @ wdx)
+        rows_term, cols_term = (wdv * sv).sum(0), (wdx * sx).sum(0)
+        cross = torch.cat([wdv, sv]).T @ torch.cat([sx, wdx])
+        return cross.sub_(rows_term[:, None]).sub_(cols_term[None, :]).mul_(-0.5)
 
     def to(self, device) -> "Coupling":
         move = lambda t: None if t is None else t.to(device)

@@ -89,13 +89,22 @@ def norton_source_name(j: int) -> str:
 def norton_currents_a(g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
     """Norton currents of the source-driven input layer, ``I_j = sum_i G1[i,j] * V_i`` (A).
 
-    ``v_src``: ``(B, 2*n_0)`` or ``(2*n_0,)`` source voltages (V); ``g1``: the deck's
-    first-layer conductances ``(2*n_0, n_1)`` (S). Each node ``j`` of layer 1 sees the
-    sources as this current into it beside a conductance ``sum_i G1[i,j]`` to ground.
-    Summed in a fixed order (:func:`fixed_order_matmul`), so a sample's deck is the
+    ``v_src``: ``(B, 2*n_0)`` or ``(2*n_0,)`` source voltages (V) as
+    :func:`~ffebm_sim.circuit.source_voltages` writes them, ``[+a*u, -a*u]`` (the second
+    half the exact negation of the first); ``g1``: the deck's first-layer conductances
+    ``(2*n_0, n_1)`` (S). Each node ``j`` of layer 1 sees the sources as this current into
+    it beside a conductance ``sum_i G1[i,j]`` to ground. With the pair of sources of input
+    ``i`` at ``+-a*u_i`` the sum is ``sum_i (G1[i,j] - G1[n_0+i,j]) * a*u_i``: half the
+    terms. Summed in a fixed order (:func:`fixed_order_matmul`), so a sample's deck is the
     same bit for bit alone or in any batch, on any CPU kernel, on any worker.
     """
-    return fixed_order_matmul(v_src, g1)
+    v_src = np.asarray(v_src, dtype=np.float64)
+    n0 = g1.shape[0] // 2
+    plus = v_src[..., :n0]
+    if 2 * n0 != g1.shape[0] or v_src.shape[-1] != g1.shape[0] or not np.array_equal(v_src[..., n0:], -plus):
+        raise ValueError(f"norton_currents_a: source voltages of shape {v_src.shape} are not [+a*u, -a*u] "
+                         f"for a first layer of {g1.shape[0]} rows")
+    return fixed_order_matmul(plus, g1[:n0] - g1[n0:])
 
 
 def _library() -> dict[str, str]:

@@ -22,7 +22,8 @@ def fixed_order_matmul(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     multiply-add, no reassociation), so row ``b`` of the result depends only on
     row ``b`` of ``x`` and on ``g``: not on the batch around it, its position, the
     CPU's SIMD width or the BLAS library. Cost: ``K`` vectorised additions of a
-    ``(B, N)`` array (a 1568 x 100 input layer at batch 32: about 9 ms).
+    ``(B, N)`` array (a 784 x 100 input layer at batch 32: 2-4 ms), skipping every ``k`` whose
+    column of ``x`` is zero (that changes no bit: see the code).
 
     Args:
         x: ``(B, K)`` or ``(K,)``.
@@ -36,6 +37,13 @@ def fixed_order_matmul(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     x2 = x[None, :] if single else x
     if x2.shape[1] != g.shape[0]:
         raise ValueError(f"fixed_order_matmul: shapes {x.shape} and {g.shape} do not chain")
+    if np.isfinite(g).all():
+        # A k whose x[:, k] are all zero adds +-0 to every sum: the sums start at +0 and an IEEE
+        # sum is -0 only when both terms are, so such a term changes no bit (no 0 * inf = NaN
+        # here). Left out, at no cost to the bits: inputs are often sparse (MNIST's background).
+        used = np.flatnonzero((x2 != 0).any(0))
+        if len(used) < x2.shape[1]:
+            x2, g = x2[:, used], g[used]
     B, K, N = x2.shape[0], g.shape[0], g.shape[1]
     out = np.zeros((B, N))
     # The products of up to ``step`` consecutive k at once (one call, ``(step, B, N)``, about

@@ -73,7 +73,10 @@ def test_reduced_deck_of_a_sample_does_not_depend_on_its_batch():
     from ffebm_sim.netlist import norton_currents_a
     rng = np.random.default_rng(3)
     g1 = rng.uniform(0, 1e-4, (130, 37))
-    v = rng.uniform(-4, 4, (67, 130))
+    plus = rng.uniform(-4, 4, (67, 65))
+    plus[:, 7] = 0.0                        # an input at zero in every sample, and in some
+    plus[::3, 11] = 0.0
+    v = np.concatenate([plus, -plus], axis=1)
     batch = norton_currents_a(g1, v)
     for b in (0, 5, 66):
         assert np.array_equal(norton_currents_a(g1, v[b]), batch[b])
@@ -81,6 +84,8 @@ def test_reduced_deck_of_a_sample_does_not_depend_on_its_batch():
     assert np.array_equal(norton_currents_a(g1, v[::-1]), batch[::-1])
     # the same sums as BLAS's, to rounding of the terms' magnitudes (the signed terms cancel)
     np.testing.assert_array_less(np.abs(batch - v @ g1), 1e-14 * (np.abs(v) @ g1))
+    with pytest.raises(ValueError, match=r"not \[\+a\*u, -a\*u\]"):
+        norton_currents_a(g1, np.concatenate([plus, plus], axis=1))
 
 
 def _run_ngspice(deck_path):
@@ -167,13 +172,16 @@ def test_pwl_table_spans_continuation_lines():
 
 
 def test_fixed_order_matmul_is_the_sequential_sum_bit_for_bit():
-    """Blocked products change nothing: the result is ``((x0 g0 + x1 g1) + x2 g2) ...``
-    evaluated one k at a time, the same bits (signed zeros included), at every batch size."""
+    """Blocked products and skipped zero columns change nothing: the result is
+    ``((x0 g0 + x1 g1) + x2 g2) ...`` evaluated one k at a time, the same bits (signed zeros
+    included), at every batch size."""
     from ffebm_sim.numerics import fixed_order_matmul
     rng = np.random.default_rng(11)
     for B, K, N in ((1, 1, 1), (3, 700, 5), (40, 1568, 100), (257, 9, 3)):
         x, g = rng.normal(size=(B, K)), rng.uniform(-1e-4, 1e-4, (K, N))
         x[0, : min(K, 3)] = -0.0
+        x[:, K // 2] = 0.0                   # a column of zeros in every row (left out by the product)
+        x[1:, K // 3] = -0.0
         expected = np.zeros((B, N))
         for k in range(K):
             expected = expected + x[:, k:k + 1] * g[k]
