@@ -565,6 +565,13 @@ def _check_gains(gains, depth: int, wire_ohm: float) -> tuple[float, ...] | None
 
 # ---- the rails, written once --------------------------------------------------
 
+def bias_rails_v(circuit: BlockCircuit) -> tuple[float, float]:
+    """The two bias rails' potentials (V): ``(+V_b, -V_b)``, the positive rail first (the
+    order of :attr:`BlockCircuit.bias_pos` / :attr:`BlockCircuit.bias_neg`). Every solver,
+    deck and energy takes the rails from here."""
+    return circuit.bias_voltage_v, -circuit.bias_voltage_v
+
+
 def rail_potentials(circuit: BlockCircuit) -> dict[str, float]:
     """Every rail of the deck by node name, at its potential (V, to ground).
 
@@ -580,7 +587,7 @@ def rail_potentials(circuit: BlockCircuit) -> dict[str, float]:
         if nl is not None and nl.kind != "pwl":
             rails[f"vhi{k}"], rails[f"vlo{k}"] = nl.clamp_rail_v(True), nl.clamp_rail_v(False)
     if circuit.has_bias:
-        rails["vbp"], rails["vbm"] = circuit.bias_voltage_v, -circuit.bias_voltage_v
+        rails["vbp"], rails["vbm"] = bias_rails_v(circuit)
     return rails
 
 

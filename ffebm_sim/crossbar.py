@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .circuit import BlockCircuit
+from .circuit import BlockCircuit, bias_rails_v
 
 
 @dataclass(frozen=True)
@@ -135,24 +135,24 @@ def crossbars(circuit: BlockCircuit) -> tuple[Crossbar, ...]:
 
 
 def terminal_voltages(circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor,
-                      rail_v: float | None = None) -> torch.Tensor:
+                      rails_v: tuple[float, float] | None = None) -> torch.Tensor:
     """(B, N + 2*n0 [+ 2]) the global vector [free nodes, sources, +rail, -rail] of a batch
-    (rails at +-``rail_v``, default the circuit's bias voltage)."""
+    (rails at ``rails_v``, default the circuit's, :func:`~ffebm_sim.circuit.bias_rails_v`)."""
     parts = [x, v_src]
     if circuit.has_bias:
-        vb = circuit.bias_voltage_v if rail_v is None else rail_v
-        parts.append(torch.tensor([[vb, -vb]], dtype=x.dtype).expand(x.shape[0], 2))
+        rails = bias_rails_v(circuit) if rails_v is None else rails_v
+        parts.append(torch.tensor([list(rails)], dtype=x.dtype).expand(x.shape[0], 2))
     return torch.cat(parts, 1)
 
 
 def crossbar_drops(circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor,
-                   rail_v: float | None = None) -> list[torch.Tensor]:
+                   rails_v: tuple[float, float] | None = None) -> list[torch.Tensor]:
     """Per layer, (B, rows, cols) voltage across each crossbar device (row node minus column node).
 
     With a bias, rows ``-2`` and ``-1`` are the + and - rail rows. Exact: the
     internal nodes are a linear network fixed by the terminal voltages.
     """
-    t = terminal_voltages(circuit, v_src, x, rail_v)
+    t = terminal_voltages(circuit, v_src, x, rails_v)
     out = []
     for xb in crossbars(circuit):
         d = t[:, torch.from_numpy(xb.terminals)] @ torch.from_numpy(xb.drop).T

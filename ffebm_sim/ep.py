@@ -364,7 +364,7 @@ def _implicit_crossbar(circuit: BlockCircuit, inputs: torch.Tensor, x: torch.Ten
     m = circuit.depth
     v_src = source_voltages(circuit, inputs)
     xd = crossbar_drops(circuit, v_src, x)
-    ld = crossbar_drops(circuit, torch.zeros_like(v_src), lam, rail_v=0.0)
+    ld = crossbar_drops(circuit, torch.zeros_like(v_src), lam, rails_v=(0.0, 0.0))
     n_rows = [2 * circuit.n_inputs] + list(circuit.layer_sizes[1:-1])
     prod = [-(a * b).sum(0) for a, b in zip(ld, xd)]
     g = [prod[k][:n_rows[k]] * torch.tensor(circuit.conductance_factors(k + 1)) for k in range(m)]

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from .amplifier import back_current, drive_voltage
-from .circuit import BlockCircuit, clamp_diode_voltage, clamp_node_current
+from .circuit import BlockCircuit, bias_rails_v, clamp_diode_voltage, clamp_node_current
 from .crossbar import crossbars
 from .devices import (DiodeModel, junction_cocontent, junction_law, pwl_cocontent,
                       pwl_current_and_conductance)
@@ -218,9 +218,10 @@ class Ties:
         return Ties(self.k, tuple(map(move, self.conductances)), tuple(map(move, self.potentials)))
 
 
-def bias_ties(k: int, g_pos: torch.Tensor, g_neg: torch.Tensor, rail_v: float) -> Ties:
-    """Layer k's bias: ``g_pos`` to ``+V_b``, ``g_neg`` to ``-V_b``."""
-    return Ties(k, (g_pos, g_neg), (rail_v, -rail_v))
+def bias_ties(k: int, g_pos: torch.Tensor, g_neg: torch.Tensor, rails_v: tuple[float, float]) -> Ties:
+    """Layer k's bias: ``g_pos`` to the positive rail, ``g_neg`` to the negative one, at
+    ``rails_v`` (V; :func:`~ffebm_sim.circuit.bias_rails_v`)."""
+    return Ties(k, (g_pos, g_neg), tuple(rails_v))
 
 
 # ---- the nonlinear elements ----------------------------------------------------------------
@@ -560,8 +561,7 @@ def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductan
         if conductances is not None or bias is not None:
             raise ValueError("layered_network: conductances/bias given for a circuit with wires "
                              "(its Kron-reduced crossbars are built from the circuit's own)")
-        vb = circuit.bias_voltage_v
-        rail_v = torch.tensor([vb, -vb], dtype=DTYPE) if circuit.has_bias else None
+        rail_v = torch.tensor(bias_rails_v(circuit), dtype=DTYPE) if circuit.has_bias else None
         n_rows = [2 * circuit.n_inputs] + list(sizes[:-1])
         couplings = tuple(wired_coupling(k, xb, n_rows[k - 1], rail_v)
                           for k, xb in enumerate(crossbars(circuit), start=1))
@@ -573,7 +573,7 @@ def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductan
             if bias is None:
                 pos, neg = circuit.actual_bias()
                 bias = ([_tensor(p) for p in pos], [_tensor(q) for q in neg])
-            biases = [bias_ties(k, bias[0][k - 1], bias[1][k - 1], circuit.bias_voltage_v) for k in range(1, m + 1)]
+            biases = [bias_ties(k, bias[0][k - 1], bias[1][k - 1], bias_rails_v(circuit)) for k in range(1, m + 1)]
     diodes, pwls, lower, upper = nonlinear_groups(circuit, ideal_as_clip)
     return LayeredNetwork(sizes, slices, couplings, tuple(biases), _tensor(circuit.domain_weights()), diodes, pwls,
                           lower, upper, circuit.has_amplifiers, circuit.has_wires)

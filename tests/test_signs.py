@@ -103,3 +103,18 @@ def test_resistive_nudge_pulls_toward_the_target(backend):
     eq = get_backend(backend).solve(c, u, Nudge(conductance_s=beta, target_v=torch.tensor([[y]], dtype=torch.float64)))
     expected = (4e-4 * x0 + beta * y) / (4e-4 + beta)
     assert float(eq.node_voltages_v[0, 0]) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bias_rails_by_hand(backend):
+    """``bias_pos`` ties a node to the positive rail ``+V_b``, ``bias_neg`` to ``-V_b``
+    (:func:`~ffebm_sim.circuit.bias_rails_v`, the one place the rails' signs are written)."""
+    from ffebm_sim.circuit import bias_rails_v, rail_potentials
+    c = BlockCircuit((1, 1), (np.array([[1e-4], [1e-4]]),), input_gain_v=1.0,
+                     bias_pos=(np.array([3e-4]),), bias_neg=(np.array([1e-4]),), bias_voltage_v=0.7)
+    assert bias_rails_v(c) == (0.7, -0.7)
+    assert (rail_potentials(c)["vbp"], rail_potentials(c)["vbm"]) == bias_rails_v(c)
+    # u = 0: the two sources sit at 0 V; only the rails pull: x = (3e-4 * 0.7 - 1e-4 * 0.7) / 6e-4
+    eq = get_backend(backend).solve(c, torch.tensor([[0.0]]))
+    assert eq.ok
+    assert float(eq.node_voltages_v[0, 0]) == pytest.approx(0.7 * 2e-4 / 6e-4, abs=1e-12)

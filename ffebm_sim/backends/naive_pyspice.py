@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from ..circuit import BlockCircuit, free_node_names, node_name, source_names, source_node_names, source_voltages
+from ..circuit import (BlockCircuit, free_node_names, node_name, rail_potentials, source_names, source_node_names,
+                       source_voltages)
 from ..netlist import SOLVER_OPTIONS
 from .session import library_path
 
@@ -49,9 +50,9 @@ def naive_solve(circuit: BlockCircuit, u: np.ndarray, nudge_currents_a: np.ndarr
                 if g[i, j] > 0:
                     net.R(f"{k}_{i}_{j}", node_name(k - 1, i), node_name(k, j), float(1.0 / g[i, j]))
     if c.has_bias:
-        vb = c.bias_voltage_v
-        net.V("bp", "vbp", net.gnd, vb)
-        net.V("bm", "vbm", net.gnd, -vb)
+        rails = rail_potentials(c)
+        net.V("bp", "vbp", net.gnd, rails["vbp"])
+        net.V("bm", "vbm", net.gnd, rails["vbm"])
         for k in range(1, m + 1):
             for rail, gs in (("vbp", c.bias_pos[k - 1]), ("vbm", c.bias_neg[k - 1])):
                 for j, g in enumerate(gs):
