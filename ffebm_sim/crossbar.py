@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .circuit import BlockCircuit, bias_rails_v
+from .recent import RecentByIdentity
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,12 @@ def crossbar(circuit: BlockCircuit, k: int) -> Crossbar:
     return Crossbar(m, n, terminals, y, drop, -x)
 
 
-_CROSSBAR_CACHE: list[tuple[BlockCircuit, tuple[Crossbar, ...]]] = []
+_CROSSBARS = RecentByIdentity(6)
 
 
 def crossbars(circuit: BlockCircuit) -> tuple[Crossbar, ...]:
     """Every layer's :class:`Crossbar` (cached for the last few circuits: EP solves one circuit 3 times)."""
-    for c, xs in _CROSSBAR_CACHE:
-        if c is circuit:
-            return xs
-    xs = tuple(crossbar(circuit, k) for k in range(1, circuit.depth + 1))
-    _CROSSBAR_CACHE.insert(0, (circuit, xs))
-    del _CROSSBAR_CACHE[6:]
-    return xs
+    return _CROSSBARS.get(circuit, None, lambda: tuple(crossbar(circuit, k) for k in range(1, circuit.depth + 1)))
 
 
 def terminal_voltages(circuit: BlockCircuit, v_src: torch.Tensor, x: torch.Tensor,

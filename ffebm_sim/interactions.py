@@ -63,6 +63,7 @@ from .circuit import BlockCircuit, bias_rails_v, clamp_diode_voltage, clamp_node
 from .crossbar import crossbars
 from .devices import (DiodeModel, junction_cocontent, junction_law, pwl_cocontent,
                       pwl_current_and_conductance)
+from .recent import RecentByIdentity
 
 DTYPE = torch.float64
 
@@ -579,19 +580,15 @@ def layered_network(circuit: BlockCircuit, ideal_as_clip: bool = True, conductan
                           lower, upper, circuit.has_amplifiers, circuit.has_wires)
 
 
-_NETWORK_CACHE: list[tuple[BlockCircuit, bool, object, LayeredNetwork]] = []
+_NETWORKS = RecentByIdentity(8)
 
 
 def network(circuit: BlockCircuit, ideal_as_clip: bool = True, device=None) -> LayeredNetwork:
     """:func:`layered_network` of the circuit's own conductances on ``device`` (default CPU),
     cached for the last few circuits (EP solves one circuit three times, then differentiates it)."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    for c, clip, dev, net in _NETWORK_CACHE:
-        if c is circuit and clip == ideal_as_clip and dev == device:
-            return net
-    net = layered_network(circuit, ideal_as_clip)
-    if device.type != "cpu":
-        net = net.to(device)
-    _NETWORK_CACHE.insert(0, (circuit, ideal_as_clip, device, net))
-    del _NETWORK_CACHE[8:]
-    return net
+
+    def build() -> LayeredNetwork:
+        net = layered_network(circuit, ideal_as_clip)
+        return net if device.type == "cpu" else net.to(device)
+    return _NETWORKS.get(circuit, (ideal_as_clip, device), build)
