@@ -341,10 +341,11 @@ def _block_cards(circuit: BlockCircuit, inputs, reduced: bool, models: _Models, 
         driver = amplifier_node_name if gain != 1.0 else node_name
         via = f", driven by the amplifier outputs a{k - 1}_<i>" if gain != 1.0 else ""
         cards.net(f"* ---- layer {k} resistors: {sizes[k - 1]} x {sizes[k]}{via} ----")
-        for i in range(sizes[k - 1]):
-            for j in range(sizes[k]):
-                if g[i, j] > 0:
-                    cards.net(f"R{k}_{i}_{j} {driver(k - 1, i)} {node_name(k, j)} {num(1.0 / g[i, j])}")
+        columns = [node_name(k, j) for j in range(sizes[k])]
+        # Python floats: the same IEEE quotients as numpy's, without a numpy scalar per device
+        for i, row in enumerate(np.asarray(g, dtype=np.float64).tolist()):
+            row_node = driver(k - 1, i)
+            cards.net(*(f"R{k}_{i}_{j} {row_node} {columns[j]} {num(1.0 / gij)}" for j, gij in enumerate(row) if gij > 0))
     if circuit.has_bias:
         vb = circuit.bias_voltage_v
         bias_pos, bias_neg = circuit.actual_bias()

@@ -36,6 +36,12 @@ class RecentByIdentity:
             del self._items[self.size:]
         return value
 
+    def __getstate__(self):
+        return {"size": self.size}             # a pickled cache arrives empty (values stay local)
+
+    def __setstate__(self, state):
+        self.__init__(state["size"])
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -43,6 +43,7 @@ from ..circuit import BlockCircuit, free_node_names, source_names
 from ..errors import SpecError
 from ..netlist import emit_deck, norton_currents_a, norton_source_name, nudge_source_name, target_source_name
 from ..interactions import network
+from ..recent import RecentByIdentity
 from .base import Backend, Equilibrium, Nudge, check_batch, delivered_from_branch_current, source_voltages
 from .dask_engine import DaskEngine, check_scheduler_address
 from .deckedit import with_nodeset
@@ -92,7 +93,7 @@ class NgspiceBackend(Backend):
         # Samples rescued by each retry (see the module docstring) and samples that failed them all.
         self._convergence: Counter = Counter()
         self._engine = None
-        self._decks: list[tuple[BlockCircuit, float, str, str]] = []
+        self._decks = RecentByIdentity(6)                 # (deck, digest) per circuit and nudge conductance
         self._norton: tuple[BlockCircuit | None, dict[bytes, np.ndarray]] = (None, {})
         self._last_inputs: bytes | None = None       # input columns of the last job run (cache_friendly_order)
 
@@ -127,7 +128,7 @@ class NgspiceBackend(Backend):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_engine"], state["_decks"], state["_norton"] = None, [], (None, {})
+        state["_engine"], state["_decks"], state["_norton"] = None, RecentByIdentity(6), (None, {})
         return state
 
     def deck_for(self, circuit: BlockCircuit, nudge: Nudge | None) -> str:
@@ -136,14 +137,12 @@ class NgspiceBackend(Backend):
     def _deck(self, circuit: BlockCircuit, nudge: Nudge | None) -> tuple[str, str]:
         """(deck, digest), cached for the last few circuits (EP solves one circuit three times)."""
         g = nudge.conductance_s if nudge is not None else 0.0
-        for c, gc, deck, dg in self._decks:
-            if c is circuit and gc == g:
-                return deck, dg
-        deck = emit_deck(circuit.as_emitted(), reduced=self._reduced(circuit), control=False, nudge_conductance_s=g,
-                         nudge_target_v=np.zeros(circuit.n_outputs) if g != 0 else None)
-        dg = digest(deck)
-        self._decks = [(circuit, g, deck, dg)] + self._decks[:5]
-        return deck, dg
+
+        def build() -> tuple[str, str]:
+            deck = emit_deck(circuit.as_emitted(), reduced=self._reduced(circuit), control=False,
+                             nudge_conductance_s=g, nudge_target_v=np.zeros(circuit.n_outputs) if g != 0 else None)
+            return deck, digest(deck)
+        return self._decks.get(circuit, g, build)
 
     def _reduced(self, circuit: BlockCircuit) -> bool:
         """Whether ``circuit`` is solved on the Norton-reduced deck: only when asked for and exact.
