@@ -455,45 +455,56 @@ class LayeredNetwork:
     # -- the nonlinear part --
 
     def _junctions(self):
-        """Every diode group's node selection (a slice where contiguous: views, no gathers), and
-        their ``IS``, ``N*Vt`` and weights concatenated, so the junction law runs once per call."""
+        """Every clamp junction of the network in one row, so the junction law runs once per call:
+        ``(nodes, slope, offset, IS, N*Vt, weights, GMIN)``, each ``(M,)`` over the M junctions.
+        A junction's voltage is affine in its node's, ``vd = slope * x + offset``, and the current it
+        draws out of its node is ``slope * i`` (``slope = +-1``); both read off
+        :func:`~ffebm_sim.circuit.clamp_diode_voltage` and :func:`~ffebm_sim.circuit.clamp_node_current`,
+        where the orientation is written."""
         if "junctions" not in self._cache:
-            sel = []
-            for g in self.diodes:
-                n = g.nodes
-                contiguous = len(n) and int(n[-1]) - int(n[0]) + 1 == len(n) and bool((n.diff() == 1).all())
-                sel.append(slice(int(n[0]), int(n[-1]) + 1) if contiguous else n)
             cat = lambda ts: torch.cat(ts) if ts else None
+            dev = self.device
+            nodes, slope, offset = [], [], []
+            for g in self.diodes:
+                n = len(g.nodes)
+                at0 = clamp_diode_voltage(0.0, g.rail_v, g.upward)
+                sign = clamp_diode_voltage(1.0, 0.0, g.upward)       # +-1: vd = sign * x + at0 exactly
+                if sign != clamp_node_current(1.0, g.upward):       # pragma: no cover - the conventions agree
+                    raise ValueError("clamp orientation: voltage and node current disagree")
+                nodes.append(g.nodes)
+                slope.append(torch.full((n,), sign, dtype=DTYPE, device=dev))
+                offset.append(torch.full((n,), at0, dtype=DTYPE, device=dev))
             w = self.node_weights
             gmins = {g.model.gmin_s for g in self.diodes}
-            self._cache["junctions"] = (sel, cat([g.isat for g in self.diodes]), cat([g.vte for g in self.diodes]),
-                                        None if w is None or not self.diodes else cat([w[g.nodes] for g in self.diodes]),
+            idx = cat(nodes)
+            self._cache["junctions"] = (idx, cat(slope), cat(offset), cat([g.isat for g in self.diodes]),
+                                        cat([g.vte for g in self.diodes]),
+                                        None if w is None or not self.diodes else w[idx],
                                         gmins.pop() if len(gmins) == 1 else None)
         return self._cache["junctions"]
 
+    def _junction_voltages(self, x: torch.Tensor):
+        """``(vd, nodes, slope, IS, N*Vt, weights, GMIN)``: ``vd`` ``(B, M)`` every junction's voltage (V)."""
+        idx, slope, offset, isat, vte, wd, gmin = self._junctions()
+        if gmin is None:                    # pragma: no cover - one circuit has one GMIN
+            raise ValueError("diode groups with different GMIN")
+        return torch.addcmul(offset, x.index_select(1, idx), slope), idx, slope, isat, vte, wd, gmin
+
     def nonlinear(self, x: torch.Tensor, energy: bool = False, currents: bool = True):
         """``f(x)``, ``f'(x)`` (physical currents, A and S) and, when ``energy``, the co-content
-        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J).
+        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J; else None).
         ``currents=False``: the energy alone (``f``, ``f'`` None)."""
         if not currents:
             return None, None, self._cocontent(x)
         f = torch.zeros_like(x)
         df = torch.zeros_like(x)
-        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if energy else None
         w = self.node_weights
         if self.diodes:
-            sel, isat, vte, wd, gmin = self._junctions()
-            if gmin is None:                    # pragma: no cover - one circuit has one GMIN
-                raise ValueError("diode groups with different GMIN")
-            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
-            vd = torch.cat(vds, 1) if len(vds) > 1 else vds[0]
+            vd, idx, slope, isat, vte, wd, gmin = self._junction_voltages(x)
             i, gd, c = junction_law(vd, isat, vte, gmin, energy)
-            start = 0
-            for g, s, v in zip(self.diodes, sel, vds):
-                part = slice(start, start + v.shape[1])
-                start = part.stop
-                f[:, s] += clamp_node_current(i[:, part], g.upward)
-                df[:, s] += gd[:, part]
+            f.index_add_(1, idx, i.mul_(slope))
+            df.index_add_(1, idx, gd)
             if energy:
                 e = e + (c if wd is None else c * wd).sum(1)
         for g in self.pwls:
@@ -510,9 +521,8 @@ class LayeredNetwork:
         """``(B,)`` the nonlinear part of ``E_w`` alone (:meth:`nonlinear`)."""
         e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         if self.diodes:
-            sel, isat, vte, wd, gmin = self._junctions()
-            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
-            c = junction_cocontent(torch.cat(vds, 1) if len(vds) > 1 else vds[0], isat, vte, gmin)
+            vd, _, _, isat, vte, wd, gmin = self._junction_voltages(x)
+            c = junction_cocontent(vd, isat, vte, gmin)
             e = e + (c if wd is None else c * wd).sum(1)
         w = self.node_weights
         for g in self.pwls:

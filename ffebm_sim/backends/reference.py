@@ -284,7 +284,7 @@ class ReferenceBackend(Backend):
         it = 0
         for it in range(1, self.max_iterations + 1):
             x, f = state.x, state.f
-            r = state.lx - b + f                  # physical currents leaving each node (A)
+            r = state.r                           # physical currents leaving each node (A)
             held = None
             r_free = r
             if net.has_bounds:
@@ -309,21 +309,24 @@ class ReferenceBackend(Backend):
 
 @dataclass
 class _State:
-    """An iterate and what the solver needs there: ``L x``, ``f``, ``f'`` and the energy ``E_w``."""
+    """An iterate and what the solver needs there: ``L x``, the residual ``r = L x - b + f``, ``f``,
+    ``f'`` and the energy ``E_w`` (None until asked for)."""
 
     x: torch.Tensor
     lx: torch.Tensor
+    r: torch.Tensor
     f: torch.Tensor
     df: torch.Tensor
-    e: torch.Tensor
+    e: torch.Tensor | None
 
     @classmethod
     def at(cls, net: LayeredNetwork, algebra, b: torch.Tensor, x: torch.Tensor, energy: bool = True) -> "_State":
-        """The state at ``x``; ``energy=False``: ``e`` is left to :meth:`energy` (a first iterate
-        that already converged needs none)."""
+        """The state at ``x``; ``energy=False``: ``e`` is left to :meth:`energy` (most iterates
+        never need it: :func:`_line_search`)."""
         lx = algebra.apply(x)
         f, df, e = net.nonlinear(x, energy=energy)
-        return cls(x, lx, f, df, net.quadratic_energy(x, lx - b, b) + e if energy else None)
+        r = (lx - b).add_(f)
+        return cls(x, lx, r, f, df, net.quadratic_energy(x, lx - b, b) + e if energy else None)
 
     def energy(self, net: LayeredNetwork, b: torch.Tensor) -> torch.Tensor:
         if self.e is None:
@@ -331,14 +334,17 @@ class _State:
         return self.e
 
     def rows(self, idx) -> "_State":
-        return _State(self.x[idx], self.lx[idx], self.f[idx], self.df[idx], None if self.e is None else self.e[idx])
+        return _State(self.x[idx], self.lx[idx], self.r[idx], self.f[idx], self.df[idx],
+                      None if self.e is None else self.e[idx])
 
     def put(self, idx, other: "_State") -> None:
-        """Rows ``idx`` from ``other`` (which has its energy)."""
-        if self.e is None:
-            self.e = torch.full_like(other.e[:1].expand(self.x.shape[0]), torch.nan)
-        for name in ("x", "lx", "f", "df", "e"):
+        """Rows ``idx`` from ``other``; the energies are kept only if both states have them."""
+        for name in ("x", "lx", "r", "f", "df"):
             getattr(self, name)[idx] = getattr(other, name)
+        if self.e is not None and other.e is not None:
+            self.e[idx] = other.e
+        else:
+            self.e = None
 
 
 def _diagonal(net: LayeredNetwork) -> torch.Tensor:
@@ -366,50 +372,81 @@ JUNCTION_SWEEP_TOLERANCE = 1e-4
 JUNCTION_MAX_SWEEPS = 3
 
 
-def junction_minimiser(m: torch.Tensor, d: torch.Tensor, up, down, gmin: float) -> torch.Tensor:
-    """The node voltages minimising ``d (x - m)^2 / 2 + C(x)``, ``C`` the co-content of the node's
-    clamp junctions with GMIN. ``up``, ``down``: ``(rail, IS, N Vt)`` per node (``(n,)`` each) of the
-    junctions node -> rail and rail -> node (rails at ``+inf``/``-inf`` where there is none). Where
-    a node is driven past a rail (``s (m - rail) > 0``, ``s = +1`` up, ``-1`` down) that junction
-    conducts and ``d (x - m) + IS (exp(s (x - rail) / N Vt) - 1) + GMIN (x - rail) = 0`` is solved
-    with Lambert's W (``y = s (x - rail) / N Vt``, ``A y + IS e^y = c``: ``y = c/A - W(IS/A e^(c/A))``,
-    ``W`` by four Newton steps on ``w + ln w = L`` from ``L - ln L``); elsewhere the junctions carry at
-    most IS and ``m`` is kept. The reverse-biased junction is left out: the sweeps are Newton's
-    warm start, Newton finishes."""
-    conducts_up = m > up[0]
-    sign = torch.where(conducts_up, 1.0, -1.0)
-    rail, isat, vte = (torch.where(conducts_up, u, w) for u, w in zip(up, down))
-    on = conducts_up | (m < down[0])
-    rail = torch.where(on, rail, torch.zeros_like(rail))          # finite where unused
-    dg = d + gmin
-    u = sign * ((d * m + gmin * rail) / dg - rail)                 # forward drive past the rail (V)
-    a = dg * vte
-    c = dg * u + isat
-    big = torch.log(isat / a) + c / a                              # L = ln(IS/A) + c/A
-    w = torch.where(big > 1.0, big - torch.log(big.clamp(min=1.0)), torch.exp(big.clamp(max=1.0)))
-    for _ in range(4):
-        w = w - (w + torch.log(w) - big) / (1.0 + 1.0 / w)
-    return torch.where(on, rail + sign * vte * (c / a - w), m)
+#: Newton iterations on ``w + ln w = L`` in :func:`junction_minimiser` (the sweeps are Newton's warm start).
+LAMBERT_ITERATIONS = 4
 
 
-def _layer_junctions(net: LayeredNetwork, k: int):
-    """``(up, down)`` of :func:`junction_minimiser` for layer k (0-based), or None without junctions."""
+@dataclass(frozen=True)
+class _NodeJunctions:
+    """One layer's clamp junctions as :func:`junction_minimiser` uses them, per node ``(n,)``: the
+    rails ``up`` (node -> rail; ``+inf`` where none) and ``down`` (rail -> node; ``-inf``), their
+    midpoint, and per orientation (``(up, down)``) the constants of the node's problem with its
+    self conductance ``d``, ``g = d + GMIN``, ``A = g N Vt``:
+
+        p = d / A,   q = IS / A + ln(IS / A),   N Vt,   GMIN / g,   IS / g.
+
+    ``same``: both orientations' constants agree at every node (one junction model, no
+    mismatch): one set serves both."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    mid: torch.Tensor
+    consts: tuple
+    same: bool
+
+
+def _node_junctions(net: LayeredNetwork, k: int, d: torch.Tensor) -> _NodeJunctions | None:
+    """:class:`_NodeJunctions` of layer k (0-based) with self conductances ``d``, or None without junctions."""
     sl = net.slices[k]
     n = sl.stop - sl.start
     groups = [g for g in net.diodes if sl.start <= int(g.nodes[0]) < sl.stop]
     if not groups:
         return None
-    ends = []
+    gmin = groups[0].model.gmin_s
+    dg = d + gmin
+    rails, consts = [], []
     for upward in (True, False):
         rail = torch.full((n,), torch.inf if upward else -torch.inf, dtype=DTYPE, device=net.device)
-        isat = torch.ones(n, dtype=DTYPE, device=net.device)
-        vte = torch.ones(n, dtype=DTYPE, device=net.device)
+        isat = torch.full((n,), torch.nan, dtype=DTYPE, device=net.device)
+        vte = torch.full((n,), torch.nan, dtype=DTYPE, device=net.device)
         for g in groups:
             if g.upward == upward:
                 local = g.nodes - sl.start
                 rail[local], isat[local], vte[local] = g.rail_v, g.isat, g.vte
-        ends.append((rail, isat, vte))
-    return ends[0], ends[1], groups[0].model.gmin_s
+        a = dg * vte
+        rails.append(rail)
+        consts.append((d / a, isat / a + torch.log(isat / a), vte, gmin / dg, isat / dg))
+    # where a node has one orientation only, the other's constants are that one's (unused, finite)
+    has = [torch.isfinite(r) for r in rails]
+    consts = [tuple(torch.where(has[i], c, o) for c, o in zip(consts[i], consts[1 - i])) for i in (0, 1)]
+    same = all(bool(torch.equal(u, v)) for u, v in zip(*consts))
+    return _NodeJunctions(rails[0], rails[1], 0.5 * (rails[0] + rails[1]), consts[0] if same else tuple(consts), same)
+
+
+def junction_minimiser(m: torch.Tensor, j: _NodeJunctions) -> torch.Tensor:
+    """The node voltages minimising ``d (x - m)^2 / 2 + C(x)``, ``C`` the co-content of the node's
+    clamp junctions with GMIN (constants in ``j``, :class:`_NodeJunctions`). Where a node is driven
+    past a rail by ``e = s (m - rail) > 0`` (``s = +1`` up, ``-1`` down) that junction conducts and
+    ``d (x - m) + IS (exp(s (x - rail) / N Vt) - 1) + GMIN (x - rail) = 0`` is solved with Lambert's W:
+    with ``y = s (x - rail) / N Vt``, ``A y + IS e^y = c`` (``c = d e + IS``) gives ``y = c/A - W``,
+    ``W + ln W = L = ln(IS/A) + c/A = p e + q``, and ``x = m - s (N Vt W + (GMIN e - IS) / g)``; ``W``
+    by Newton on ``w + ln w = L`` (``w <- w (1 + L - ln w) / (1 + w)``) from ``L - ln L`` (``L > 1``)
+    or ``e^L``. Elsewhere the junctions carry at most IS and ``m`` is kept. The reverse-biased
+    junction is left out: the sweeps are Newton's warm start, Newton finishes."""
+    e_up, e_down = m - j.up, j.down - m
+    e = torch.maximum(e_up, e_down)             # the drive past the nearer rail (V)
+    if j.same:
+        p, q, vte, gmin_g, isat_g = j.consts
+    else:
+        upward = e_up > e_down
+        p, q, vte, gmin_g, isat_g = (torch.where(upward, u, w) for u, w in zip(*j.consts))
+    big = torch.addcmul(q, e, p)
+    w = torch.where(big > 1.0, big - torch.log(big), torch.exp(big))   # log of L <= 1 unused
+    big1 = big.add_(1.0)
+    for _ in range(LAMBERT_ITERATIONS):
+        w = w.mul(big1 - torch.log(w)).div_(w + 1.0)
+    pull = torch.addcmul(torch.addcmul(-isat_g, e, gmin_g), w, vte)
+    return torch.where(e > 0, m - torch.copysign(pull, m - j.mid), m)
 
 
 def _sweep_plan(net: LayeredNetwork):
@@ -420,7 +457,7 @@ def _sweep_plan(net: LayeredNetwork):
     blocks = net.self_blocks()
     inv_d = [1.0 / d for d in blocks]
     lower, upper = net.layers(net.lower[None, :]), net.layers(net.upper[None, :])
-    junctions = [_layer_junctions(net, k) for k in range(m)]
+    junctions = [_node_junctions(net, k, blocks[k]) for k in range(m)]
     steps = []
     for k in range(m):
         terms = []
@@ -459,7 +496,7 @@ def layer_sweeps(net: LayeredNetwork, b: torch.Tensor, x: torch.Tensor, toleranc
                 new = torch.addmm(new, xl[j], M)
             new = torch.clamp(new, lower[k], upper[k])
             if junctions[k] is not None:
-                new = junction_minimiser(new, blocks[k], *junctions[k])
+                new = junction_minimiser(new, junctions[k])
             if k == last:
                 moved, size = torch.linalg.vector_norm(new - xl[k], float("inf")), new.abs().max()
             xl[k].copy_(new)
@@ -511,15 +548,33 @@ def _descent_step(net: LayeredNetwork, algebra, df: torch.Tensor, held, g_w: tor
 
 def _line_search(net: LayeredNetwork, algebra, b, state: _State, grad, dx) -> _State:
     """Backtracking (Armijo) on the weighted co-content ``E_w`` along ``dx`` from ``state``; the
-    projection onto the bounds is part of the trial point. Returns the accepted points' states."""
-    x, e0 = state.x, state.energy(net, b)
+    projection onto the bounds is part of the trial point. Returns the accepted points' states.
+
+    The full step is tried first, and accepted without evaluating ``E_w`` where an upper bound
+    of the energy change already passes the test: along the actual step ``s = x_1 - x_0`` the
+    quadratic part changes by exactly ``s^T W (r_lin(x_0) + r_lin(x_1)) / 2`` and each convex
+    co-content by at most ``w_i f_i(x_1) s_i`` (``C(x_0) >= C(x_1) + C'(x_1)(x_0 - x_1)``), so
+
+        E_w(x_1) - E_w(x_0) <= s^T W (r(x_1) - L s / 2),      L s = L x_1 - L x_0.
+
+    Near the answer this is about ``-s^T L s / 2``, well below Armijo's ``1e-4 g^T dx``; where it
+    is not (a junction conducting thousands of times its node's conductance, far from the
+    answer), the energies are compared as usual."""
+    x = state.x
     slope = (grad * dx).sum(1)                 # < 0 for a descent direction
-    slack = 1e-13 * e0.abs() + 1e-300
-    t = torch.ones(x.shape[0], dtype=DTYPE, device=x.device)
-    trial = _State.at(net, algebra, b, torch.maximum(torch.minimum(x + dx, net.upper), net.lower))
-    accept = (trial.e <= e0 + 1e-4 * slope + slack) & torch.isfinite(trial.e)
+    trial = _State.at(net, algebra, b, torch.maximum(torch.minimum(x + dx, net.upper), net.lower), energy=False)
+    s = trial.x - x
+    bound = net.weighted(s * trial.r.add(trial.lx - state.lx, alpha=-0.5)).sum(1)
+    accept = bound <= 1e-4 * slope
     if bool(accept.all()):                      # the full Newton step: the common case
         return trial
+    e0 = state.energy(net, b)
+    slack = 1e-13 * e0.abs() + 1e-300
+    e1 = trial.energy(net, b)
+    accept = accept | ((e1 <= e0 + 1e-4 * slope + slack) & torch.isfinite(e1))
+    if bool(accept.all()):
+        return trial
+    t = torch.ones(x.shape[0], dtype=DTYPE, device=x.device)
     new = trial
     pending = ~accept
     for _ in range(59):
