@@ -65,6 +65,8 @@ from .devices import (DiodeModel, junction_cocontent, junction_law, pwl_coconten
                       pwl_current_and_conductance)
 
 DTYPE = torch.float64
+#: Resistive nudge conductances whose per-network constants :meth:`LayeredNetwork.cached` keeps.
+NUDGES_CACHED = 4
 
 
 def _tensor(array) -> torch.Tensor:
@@ -304,7 +306,10 @@ class LayeredNetwork:
     amplified: bool = False
     wires: bool = False
     nudge: Ties | None = None
+    #: :meth:`cached`'s store, shared with the nudged copies (:meth:`with_nudge`)
     _cache: dict = field(default_factory=dict, repr=False)
+    #: this network's own (what depends on the nudge's targets: :meth:`constants`)
+    _own: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_free(self) -> int:
@@ -323,11 +328,19 @@ class LayeredNetwork:
         return self.cached("has_bounds", lambda: bool(torch.isfinite(self.lower).any()))
 
     def cached(self, key: str, build):
-        """``build()``, computed once per network (a solver's per-network constants: the network
-        is immutable, its nudged copies have their own cache)."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        """``build()``, computed once per network and resistive nudge conductance (a solver's
+        per-network constants; the network is immutable). A network and its nudged copies
+        (:meth:`with_nudge`) share this store, keyed by the nudge's conductance: nothing built here
+        may depend on the nudge's targets (only :meth:`constants` does; it is kept per copy). At
+        most :data:`NUDGES_CACHED` conductances are kept besides the network's own."""
+        beta = None if self.nudge is None else float(self.nudge.conductances[0])
+        entries = self._cache.setdefault(beta, {})
+        if key not in entries:
+            entries[key] = build()
+            others = [k for k in self._cache if k is not None]
+            if len(others) > NUDGES_CACHED:
+                del self._cache[others[0]]
+        return entries[key]
 
     @property
     def device(self):
@@ -338,10 +351,8 @@ class LayeredNetwork:
         """``(N,)`` every free node's domain weight, None when all are 1."""
         if not self.amplified:
             return None
-        if "node_weights" not in self._cache:
-            self._cache["node_weights"] = torch.repeat_interleave(self.layer_weights,
-                                                                  torch.tensor(self.sizes, device=self.device))
-        return self._cache["node_weights"]
+        return self.cached("node_weights", lambda: torch.repeat_interleave(self.layer_weights,
+                                                                            torch.tensor(self.sizes, device=self.device)))
 
     def weighted(self, r: torch.Tensor) -> torch.Tensor:
         """``W r`` for ``(..., N)`` node quantities (currents -> gradient of ``E_w``)."""
@@ -358,32 +369,33 @@ class LayeredNetwork:
 
     def with_nudge(self, conductance_s: float, target_v: torch.Tensor) -> "LayeredNetwork":
         """The network with the resistive nudge: ``conductance_s`` from every output node to ``target_v``."""
-        return replace(self, nudge=Ties(self.depth, (conductance_s,), (target_v,)), _cache={})
+        return replace(self, nudge=Ties(self.depth, (conductance_s,), (target_v,)), _own={})
 
     # -- the linear part, from the interactions --
 
     def self_blocks(self) -> list[torch.Tensor]:
         """Per layer, the self block of ``L``: ``(n_k,)`` (a diagonal) or ``(n_k, n_k)`` with wires."""
-        if "self" not in self._cache:
-            out = []
-            for k in range(1, self.depth + 1):
-                block = self.couplings[k - 1].self_cols
-                if k < self.depth:
-                    block = block + self.couplings[k].self_rows
-                for tie in self.ties(k):
-                    s = tie.self_block
-                    if block.dim() == 2:
-                        s = torch.diag(s.expand(block.shape[0]) if isinstance(s, torch.Tensor) else
-                                       torch.full((block.shape[0],), float(s), dtype=block.dtype, device=block.device))
-                    block = block + s
-                out.append(block)
-            self._cache["self"] = out
-        return self._cache["self"]
+        return self.cached("self", self._self_blocks)
+
+    def _self_blocks(self) -> list[torch.Tensor]:
+        out = []
+        for k in range(1, self.depth + 1):
+            block = self.couplings[k - 1].self_cols
+            if k < self.depth:
+                block = block + self.couplings[k].self_rows
+            for tie in self.ties(k):
+                s = tie.self_block
+                if block.dim() == 2:
+                    s = torch.diag(s.expand(block.shape[0]) if isinstance(s, torch.Tensor) else
+                                   torch.full((block.shape[0],), float(s), dtype=block.dtype, device=block.device))
+                block = block + s
+            out.append(block)
+        return out
 
     def constants(self) -> list:
         """Per layer, the constant currents of ``r_lin`` (rails, nudge targets; A), or None."""
-        if "constants" in self._cache:
-            return self._cache["constants"]
+        if "constants" in self._own:
+            return self._own["constants"]
         out = []
         for k in range(1, self.depth + 1):
             c = [t.constant for t in self.ties(k)]
@@ -392,7 +404,7 @@ class LayeredNetwork:
             if k < self.depth and self.couplings[k].constants is not None:
                 c.append(self.couplings[k].constants[0])
             out.append(sum(c) if c else None)
-        self._cache["constants"] = out
+        self._own["constants"] = out
         return out
 
     def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None, absolute: bool = False,
@@ -461,27 +473,27 @@ class LayeredNetwork:
         draws out of its node is ``slope * i`` (``slope = +-1``); both read off
         :func:`~ffebm_sim.circuit.clamp_diode_voltage` and :func:`~ffebm_sim.circuit.clamp_node_current`,
         where the orientation is written."""
-        if "junctions" not in self._cache:
-            cat = lambda ts: torch.cat(ts) if ts else None
-            dev = self.device
-            nodes, slope, offset = [], [], []
-            for g in self.diodes:
-                n = len(g.nodes)
-                at0 = clamp_diode_voltage(0.0, g.rail_v, g.upward)
-                sign = clamp_diode_voltage(1.0, 0.0, g.upward)       # +-1: vd = sign * x + at0 exactly
-                if sign != clamp_node_current(1.0, g.upward):       # pragma: no cover - the conventions agree
-                    raise ValueError("clamp orientation: voltage and node current disagree")
-                nodes.append(g.nodes)
-                slope.append(torch.full((n,), sign, dtype=DTYPE, device=dev))
-                offset.append(torch.full((n,), at0, dtype=DTYPE, device=dev))
-            w = self.node_weights
-            gmins = {g.model.gmin_s for g in self.diodes}
-            idx = cat(nodes)
-            self._cache["junctions"] = (idx, cat(slope), cat(offset), cat([g.isat for g in self.diodes]),
-                                        cat([g.vte for g in self.diodes]),
-                                        None if w is None or not self.diodes else w[idx],
-                                        gmins.pop() if len(gmins) == 1 else None)
-        return self._cache["junctions"]
+        return self.cached("junctions", self._junction_row)
+
+    def _junction_row(self):
+        cat = lambda ts: torch.cat(ts) if ts else None
+        dev = self.device
+        nodes, slope, offset = [], [], []
+        for g in self.diodes:
+            n = len(g.nodes)
+            at0 = clamp_diode_voltage(0.0, g.rail_v, g.upward)
+            sign = clamp_diode_voltage(1.0, 0.0, g.upward)       # +-1: vd = sign * x + at0 exactly
+            if sign != clamp_node_current(1.0, g.upward):       # pragma: no cover - the conventions agree
+                raise ValueError("clamp orientation: voltage and node current disagree")
+            nodes.append(g.nodes)
+            slope.append(torch.full((n,), sign, dtype=DTYPE, device=dev))
+            offset.append(torch.full((n,), at0, dtype=DTYPE, device=dev))
+        w = self.node_weights
+        gmins = {g.model.gmin_s for g in self.diodes}
+        idx = cat(nodes)
+        return (idx, cat(slope), cat(offset), cat([g.isat for g in self.diodes]),
+                cat([g.vte for g in self.diodes]), None if w is None or not self.diodes else w[idx],
+                gmins.pop() if len(gmins) == 1 else None)
 
     def _junction_voltages(self, x: torch.Tensor):
         """``(vd, nodes, slope, IS, N*Vt, weights, GMIN)``: ``vd`` ``(B, M)`` every junction's voltage (V)."""
