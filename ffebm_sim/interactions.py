@@ -79,30 +79,32 @@ def _block_row(self_block: torch.Tensor | None, x: torch.Tensor | None, products
     """One block row of ``r_lin``: ``S x - sum_j y_j @ M_j + c`` (A), ``S`` a self block (a vector:
     elementwise; a matrix: a product; None or ``x`` None: left out), ``products`` the pairs
     ``(y_j, M_j)`` of the neighbours, ``c`` the constant currents (None: left out). ``absolute``:
-    ``|S| |x| + sum |y_j| @ |M_j|``, the magnitudes of the currents meeting at each node (the
-    convergence test's scale). Accumulated in place into the first product (a row of a large
-    layer is megabytes: every fresh array of that size costs page faults)."""
+    the arguments are magnitudes (``|S|``, ``|x|``, ``|y_j|``, ``|M_j|``) and the products are added,
+    ``|S| |x| + sum |y_j| @ |M_j|``: the magnitudes of the currents meeting at each node (the
+    convergence test's scale). Accumulated in place, each product fused into the row (``addmm_``;
+    a row of a large layer is megabytes: every fresh array of that size costs page faults)."""
     r = None
-    for y, M in products:
-        y = y if y.is_contiguous() else y.contiguous()        # a layer's view: a GEMM wants rows
-        p = y.abs() @ M.abs() if absolute else y @ M
-        if r is None:
-            r = p if absolute else p.neg_()
-        else:
-            r = r.add_(p) if absolute else r.sub_(p)
     if self_block is not None and x is not None:
-        if absolute:
-            self_block, x = self_block.abs(), x.abs()
-        if self_block.dim() == 1:
-            r = x * self_block if r is None else r.addcmul_(x, self_block)
+        r = x * self_block if self_block.dim() == 1 else x @ self_block
+    for y, M in products:
+        if r is None:
+            r = y @ M if absolute else (y @ M).neg_()
         else:
-            r = x @ self_block if r is None else r.addmm_(x, self_block)
+            r = r.addmm_(y, M, alpha=1.0 if absolute else -1.0)
     if constant is None or absolute:
         return 0.0 if r is None else r
     return constant if r is None else r.add_(constant)
 
 
 # ---- the linear interactions -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _AbsBlocks:
+    """A coupling's ``|forward|`` and ``|backward^T|`` (:meth:`LayeredNetwork.current_scale`)."""
+
+    forward: torch.Tensor
+    backward_t: torch.Tensor
+
 
 @dataclass(frozen=True, eq=False)
 class Coupling:
@@ -407,36 +409,46 @@ class LayeredNetwork:
         self._own["constants"] = out
         return out
 
-    def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None, absolute: bool = False,
+    def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None,
                   own: bool = True) -> torch.Tensor:
         """``(B, n_k)`` layer k's (1..m) part of :meth:`layer_currents`; ``own=False``: without its
         own nodes' term ``S_k x_k`` (what its neighbours and the fixed potentials draw)."""
-        m = self.depth
+        products = self._neighbours(k, x_layers, v_src, self.couplings)
+        constant = self.constants()[k - 1] if v_src is not None else None
+        return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant)
+
+    def _neighbours(self, k: int, x_layers, v_src, blocks) -> list:
+        """Layer k's products ``(y_j, M_j)``: its drivers (layer k-1, or ``v_src`` for k = 1 when given)
+        through ``blocks[k-1].forward``, layer k+1 through ``blocks[k].backward_t``."""
         products = []
         if k >= 2:
-            products.append((x_layers[k - 2], self.couplings[k - 1].forward))
+            products.append((x_layers[k - 2], blocks[k - 1].forward))
         elif v_src is not None:
-            products.append((v_src, self.couplings[0].forward))
-        if k < m:
-            products.append((x_layers[k], self.couplings[k].backward_t))
-        constant = self.constants()[k - 1] if v_src is not None else None
-        return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant, absolute)
+            products.append((v_src, blocks[0].forward))
+        if k < self.depth:
+            products.append((x_layers[k], blocks[k].backward_t))
+        return products
 
-    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None,
-                       absolute: bool = False) -> list[torch.Tensor]:
+    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None) -> list[torch.Tensor]:
         """Per layer, ``(B, n_k)`` the current the linear interactions draw out of its nodes (A):
         ``r_lin`` of the module docstring, the input sources at ``v_src`` and the rails and
         targets at their potentials; ``v_src = None``: ``L x`` alone (every fixed potential at
-        0 V). ``absolute``: the magnitudes (:func:`_block_row`)."""
-        return [self.layer_row(k, x_layers, v_src, absolute) for k in range(1, self.depth + 1)]
+        0 V)."""
+        return [self.layer_row(k, x_layers, v_src) for k in range(1, self.depth + 1)]
 
     def linear_currents(self, x: torch.Tensor, v_src: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` ``r_lin(x) = L x - b`` (A); ``v_src = None``: ``L x``."""
         return torch.cat(self.layer_currents(self.layers(x), v_src), 1)
 
     def current_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N)`` ``|L| |x|``: the magnitudes of the linear currents meeting at each node (A)."""
-        return torch.cat(self.layer_currents(self.layers(x), None, absolute=True), 1)
+        """``(B, N)`` ``|L| |x|``: the magnitudes of the linear currents meeting at each node (A)
+        (:func:`_block_row`; the blocks' magnitudes built once per network)."""
+        selfs, blocks = self.cached("abs_blocks", lambda: (
+            [blk.abs() for blk in self.self_blocks()],
+            [_AbsBlocks(c.forward.abs(), c.backward_t.abs()) for c in self.couplings]))
+        ax = self.layers(x.abs())
+        return torch.cat([_block_row(selfs[k - 1], ax[k - 1], self._neighbours(k, ax, None, blocks), None, True)
+                          for k in range(1, self.depth + 1)], 1)
 
     def fixed_currents(self, v_src: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` ``b = -r_lin(0)``: the currents the sources and rails push into the free nodes (A)."""

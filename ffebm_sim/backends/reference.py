@@ -280,15 +280,16 @@ class ReferenceBackend(Backend):
         (|L| |x|)_i + other_i``. First against the bound ``(|L| 1)_i max_j |x_j| >= (|L| |x|)_i``
         (one product less): a sample that fails there fails the test; only if some sample passes
         is ``|L| |x|`` formed."""
-        row_abs = net.cached("row_abs", lambda: algebra.scale(torch.ones(1, net.n_free, dtype=DTYPE,
-                                                                            device=net.device)))
         if not x.shape[1]:
             return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        coarse = (1.0 + 1e-12) * row_abs * x.abs().amax(1, keepdim=True) + other
-        maybe = (r_abs <= self.abstol_a + self.reltol * coarse).all(1)
+        row_abs = net.cached("row_abs", lambda: algebra.scale(torch.ones(1, net.n_free, dtype=DTYPE,
+                                                                            device=net.device)))
+        base = torch.add(self.abstol_a, other, alpha=self.reltol)           # abstol_a + reltol * other
+        coarse = torch.addcmul(base, row_abs, x.abs().amax(1, keepdim=True), value=(1.0 + 1e-12) * self.reltol)
+        maybe = (r_abs <= coarse).all(1)
         if not bool(maybe.any()):
             return maybe
-        return maybe & (r_abs <= self.abstol_a + self.reltol * (algebra.scale(x) + other)).all(1)
+        return maybe & (r_abs <= base.add_(algebra.scale(x), alpha=self.reltol)).all(1)
 
     def _newton(self, problem: Problem, algebra, x: torch.Tensor):
         """Projected Newton on ``W r = 0`` with a line search on ``E_w`` (module docstring). The
@@ -297,7 +298,6 @@ class ReferenceBackend(Backend):
         net, b = problem.net, problem.b
         B, N = b.shape
         converged = torch.zeros(B, dtype=torch.bool, device=b.device)
-        residual = torch.full((B,), torch.inf, dtype=DTYPE, device=b.device)
         abs_b = b.abs()
         state = _State.at(net, algebra, b, x, energy=False)
         it = 0
@@ -309,12 +309,11 @@ class ReferenceBackend(Backend):
             if net.has_bounds:
                 held = ((x >= net.upper) & (r < 0)) | ((x <= net.lower) & (r > 0))
                 r_free = torch.where(held, torch.zeros_like(r), r)
-            ok = self._converged(net, algebra, x, r_free.abs(), abs_b + f.abs())
-            residual = r_free.abs().amax(1) if N else torch.zeros(B, dtype=DTYPE, device=b.device)
-            converged = ok
-            active = ~ok
-            if not active.any():
+            r_abs = r_free.abs()
+            converged = ok = self._converged(net, algebra, x, r_abs, abs_b + f.abs())
+            if bool(ok.all()):
                 break
+            active = ~ok
             g_w = net.weighted(r_free)           # the gradient of E_w
             if bool(active.all()):               # skip the row gathers in the common case
                 dx = _descent_step(net, algebra, state.df, held, g_w)
@@ -323,6 +322,7 @@ class ReferenceBackend(Backend):
                 h = None if held is None else held[active]
                 dx = _descent_step(net, algebra, state.df[active], h, g_w[active])
                 state.put(active, _line_search(net, algebra, b[active], state.rows(active), g_w[active], dx))
+        residual = r_abs.amax(1) if N else torch.zeros(B, dtype=DTYPE, device=b.device)
         return state.x, state.df, converged, it, residual
 
 
