@@ -99,10 +99,10 @@ def junction_law(v: torch.Tensor, isat, vte, gmin: float, energy: bool = False):
     forward = y >= -3.0
     exp_v = torch.exp(y)
     # Reverse branch: guard the forward entries with y0 = -3 (nonzero), where it is unused.
-    y_rev = torch.where(forward, -3.0, y)
-    inv3 = y_rev.pow(-3)
+    y_rev = y.clamp(max=-3.0)
+    inv3 = y_rev.pow(3).reciprocal_()          # pow(-3) is a slow kernel
     current = torch.where(forward, exp_v, inv3.mul(-_REVERSE_C3)).sub_(1.0).mul_(isat).add_(v, alpha=gmin)
-    conductance = torch.where(forward, exp_v, inv3.div_(y_rev).mul_(3.0 * _REVERSE_C3)).mul_(isat / vte).add_(gmin)
+    conductance = torch.where(forward, exp_v, inv3.div(y_rev).mul_(3.0 * _REVERSE_C3)).mul_(isat / vte).add_(gmin)
     cocontent = None
     if energy:
         # IS*vte*(e^y - 1 - y): near y = 0 the difference cancels (its rounding, IS*vte*1e-16 ~ 1e-26 J,
