@@ -90,18 +90,19 @@ def junction_law(v: torch.Tensor, isat, vte, gmin: float, energy: bool = False):
     None unless ``energy``), evaluated together (one exponential): :func:`junction_current_and_conductance`
     and :func:`junction_cocontent` are this law.
 
-    Forward (``v >= -3 vte``): ``IS (e^y - 1)``, ``IS e^y / vte``, ``IS vte (e^y - 1 - y)`` with ``y = v / vte``;
-    reverse: ngspice's ``-IS (1 + a)``, ``a = (3 vte / (e v))^3``, and its integral continued from
-    ``v0 = -3 vte``. GMIN adds ``GMIN v``, ``GMIN``, ``GMIN v^2 / 2``."""
-    forward = v >= -3.0 * vte
+    In ``y = v / vte``: forward (``y >= -3``): ``IS (e^y - 1)``, ``IS e^y / vte``, ``IS vte (e^y - 1 - y)``;
+    reverse: ngspice's ``-IS (1 + a)``, ``a = (3 vte / (e v))^3 = (3 / e)^3 / y^3``, its derivative
+    ``(IS / vte) 3 a / y``, and its integral continued from ``v0 = -3 vte``. GMIN adds ``GMIN v``,
+    ``GMIN``, ``GMIN v^2 / 2``. (Written for few tensor operations: the solvers call it on every
+    iteration, where each operation's fixed cost dominates.)"""
     y = v / vte
+    forward = y >= -3.0
     exp_v = torch.exp(y)
-    v0 = -3.0 * vte
-    # Reverse branch: guard the forward entries with v0 (nonzero), where it is unused.
-    v_rev = torch.where(forward, torch.zeros_like(v) + v0, v)
-    arg = (3.0 * vte / (math.e * v_rev)) ** 3
-    current = torch.where(forward, isat * (exp_v - 1.0), -isat * (1.0 + arg))
-    conductance = torch.where(forward, isat * exp_v / vte, isat * 3.0 * arg / v_rev)
+    # Reverse branch: guard the forward entries with y0 = -3 (nonzero), where it is unused.
+    y_rev = y.clamp(max=-3.0)
+    inv3 = y_rev.pow(3).reciprocal_()          # pow(-3) is a slow kernel
+    current = torch.where(forward, exp_v, inv3.mul(-_REVERSE_C3)).sub_(1.0).mul_(isat).add_(v, alpha=gmin)
+    conductance = torch.where(forward, exp_v, inv3.div(y_rev).mul_(3.0 * _REVERSE_C3)).mul_(isat / vte).add_(gmin)
     cocontent = None
     if energy:
         # IS*vte*(e^y - 1 - y): near y = 0 the difference cancels (its rounding, IS*vte*1e-16 ~ 1e-26 J,
@@ -110,11 +111,17 @@ def junction_law(v: torch.Tensor, isat, vte, gmin: float, energy: bool = False):
         series = y * y * _expm1_minus_y_over_y2(y)
         fwd = isat * vte * torch.where(y.abs() < 0.05, series, torch.expm1(y) - y)
         c3 = (3.0 * vte / math.e) ** 3
+        v0 = -3.0 * vte
+        v_rev = y_rev * vte
         at_v0 = isat * (vte * (math.exp(-3.0) - 1.0) - v0)
         # integral_{v0}^{v} -IS*(1 + c3*u**-3) du = -IS*[(v - v0) - c3/2*(v**-2 - v0**-2)]
         rev = at_v0 - isat * ((v_rev - v0) - 0.5 * c3 * (v_rev ** -2 - v0 ** -2))
         cocontent = torch.where(forward, fwd, rev) + 0.5 * gmin * v * v
-    return current + gmin * v, conductance + gmin, cocontent
+    return current, conductance, cocontent
+
+
+#: ``(3 / e)^3``: ngspice's reverse-branch constant in ``y = v / vte``.
+_REVERSE_C3 = (3.0 / math.e) ** 3
 
 
 def diode_cocontent(v: torch.Tensor, model: DiodeModel) -> torch.Tensor:

@@ -66,6 +66,8 @@ from .devices import (DiodeModel, junction_cocontent, junction_law, pwl_coconten
 from .recent import RecentByIdentity
 
 DTYPE = torch.float64
+#: Resistive nudge conductances whose per-network constants :meth:`LayeredNetwork.cached` keeps.
+NUDGES_CACHED = 4
 
 
 def _tensor(array) -> torch.Tensor:
@@ -78,30 +80,32 @@ def _block_row(self_block: torch.Tensor | None, x: torch.Tensor | None, products
     """One block row of ``r_lin``: ``S x - sum_j y_j @ M_j + c`` (A), ``S`` a self block (a vector:
     elementwise; a matrix: a product; None or ``x`` None: left out), ``products`` the pairs
     ``(y_j, M_j)`` of the neighbours, ``c`` the constant currents (None: left out). ``absolute``:
-    ``|S| |x| + sum |y_j| @ |M_j|``, the magnitudes of the currents meeting at each node (the
-    convergence test's scale). Accumulated in place into the first product (a row of a large
-    layer is megabytes: every fresh array of that size costs page faults)."""
+    the arguments are magnitudes (``|S|``, ``|x|``, ``|y_j|``, ``|M_j|``) and the products are added,
+    ``|S| |x| + sum |y_j| @ |M_j|``: the magnitudes of the currents meeting at each node (the
+    convergence test's scale). Accumulated in place, each product fused into the row (``addmm_``;
+    a row of a large layer is megabytes: every fresh array of that size costs page faults)."""
     r = None
-    for y, M in products:
-        y = y if y.is_contiguous() else y.contiguous()        # a layer's view: a GEMM wants rows
-        p = y.abs() @ M.abs() if absolute else y @ M
-        if r is None:
-            r = p if absolute else p.neg_()
-        else:
-            r = r.add_(p) if absolute else r.sub_(p)
     if self_block is not None and x is not None:
-        if absolute:
-            self_block, x = self_block.abs(), x.abs()
-        if self_block.dim() == 1:
-            r = x * self_block if r is None else r.addcmul_(x, self_block)
+        r = x * self_block if self_block.dim() == 1 else x @ self_block
+    for y, M in products:
+        if r is None:
+            r = y @ M if absolute else (y @ M).neg_()
         else:
-            r = x @ self_block if r is None else r.addmm_(x, self_block)
+            r = r.addmm_(y, M, alpha=1.0 if absolute else -1.0)
     if constant is None or absolute:
         return 0.0 if r is None else r
     return constant if r is None else r.add_(constant)
 
 
 # ---- the linear interactions -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _AbsBlocks:
+    """A coupling's ``|forward|`` and ``|backward^T|`` (:meth:`LayeredNetwork.current_scale`)."""
+
+    forward: torch.Tensor
+    backward_t: torch.Tensor
+
 
 @dataclass(frozen=True, eq=False)
 class Coupling:
@@ -310,7 +314,10 @@ class LayeredNetwork:
     amplified: bool = False
     wires: bool = False
     nudge: Ties | None = None
+    #: :meth:`cached`'s store, shared with the nudged copies (:meth:`with_nudge`)
     _cache: dict = field(default_factory=dict, repr=False)
+    #: this network's own (what depends on the nudge's targets: :meth:`constants`)
+    _own: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_free(self) -> int:
@@ -329,11 +336,19 @@ class LayeredNetwork:
         return self.cached("has_bounds", lambda: bool(torch.isfinite(self.lower).any()))
 
     def cached(self, key: str, build):
-        """``build()``, computed once per network (a solver's per-network constants: the network
-        is immutable, its nudged copies have their own cache)."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        """``build()``, computed once per network and resistive nudge conductance (a solver's
+        per-network constants; the network is immutable). A network and its nudged copies
+        (:meth:`with_nudge`) share this store, keyed by the nudge's conductance: nothing built here
+        may depend on the nudge's targets (only :meth:`constants` does; it is kept per copy). At
+        most :data:`NUDGES_CACHED` conductances are kept besides the network's own."""
+        beta = None if self.nudge is None else float(self.nudge.conductances[0])
+        entries = self._cache.setdefault(beta, {})
+        if key not in entries:
+            entries[key] = build()
+            others = [k for k in self._cache if k is not None]
+            if len(others) > NUDGES_CACHED:
+                del self._cache[others[0]]
+        return entries[key]
 
     @property
     def device(self):
@@ -344,10 +359,8 @@ class LayeredNetwork:
         """``(N,)`` every free node's domain weight, None when all are 1."""
         if not self.amplified:
             return None
-        if "node_weights" not in self._cache:
-            self._cache["node_weights"] = torch.repeat_interleave(self.layer_weights,
-                                                                  torch.tensor(self.sizes, device=self.device))
-        return self._cache["node_weights"]
+        return self.cached("node_weights", lambda: torch.repeat_interleave(self.layer_weights,
+                                                                            torch.tensor(self.sizes, device=self.device)))
 
     def weighted(self, r: torch.Tensor) -> torch.Tensor:
         """``W r`` for ``(..., N)`` node quantities (currents -> gradient of ``E_w``)."""
@@ -364,32 +377,33 @@ class LayeredNetwork:
 
     def with_nudge(self, conductance_s: float, target_v: torch.Tensor) -> "LayeredNetwork":
         """The network with the resistive nudge: ``conductance_s`` from every output node to ``target_v``."""
-        return replace(self, nudge=Ties(self.depth, (conductance_s,), (target_v,)), _cache={})
+        return replace(self, nudge=Ties(self.depth, (conductance_s,), (target_v,)), _own={})
 
     # -- the linear part, from the interactions --
 
     def self_blocks(self) -> list[torch.Tensor]:
         """Per layer, the self block of ``L``: ``(n_k,)`` (a diagonal) or ``(n_k, n_k)`` with wires."""
-        if "self" not in self._cache:
-            out = []
-            for k in range(1, self.depth + 1):
-                block = self.couplings[k - 1].self_cols
-                if k < self.depth:
-                    block = block + self.couplings[k].self_rows
-                for tie in self.ties(k):
-                    s = tie.self_block
-                    if block.dim() == 2:
-                        s = torch.diag(s.expand(block.shape[0]) if isinstance(s, torch.Tensor) else
-                                       torch.full((block.shape[0],), float(s), dtype=block.dtype, device=block.device))
-                    block = block + s
-                out.append(block)
-            self._cache["self"] = out
-        return self._cache["self"]
+        return self.cached("self", self._self_blocks)
+
+    def _self_blocks(self) -> list[torch.Tensor]:
+        out = []
+        for k in range(1, self.depth + 1):
+            block = self.couplings[k - 1].self_cols
+            if k < self.depth:
+                block = block + self.couplings[k].self_rows
+            for tie in self.ties(k):
+                s = tie.self_block
+                if block.dim() == 2:
+                    s = torch.diag(s.expand(block.shape[0]) if isinstance(s, torch.Tensor) else
+                                   torch.full((block.shape[0],), float(s), dtype=block.dtype, device=block.device))
+                block = block + s
+            out.append(block)
+        return out
 
     def constants(self) -> list:
         """Per layer, the constant currents of ``r_lin`` (rails, nudge targets; A), or None."""
-        if "constants" in self._cache:
-            return self._cache["constants"]
+        if "constants" in self._own:
+            return self._own["constants"]
         out = []
         for k in range(1, self.depth + 1):
             c = [t.constant for t in self.ties(k)]
@@ -398,39 +412,49 @@ class LayeredNetwork:
             if k < self.depth and self.couplings[k].constants is not None:
                 c.append(self.couplings[k].constants[0])
             out.append(sum(c) if c else None)
-        self._cache["constants"] = out
+        self._own["constants"] = out
         return out
 
-    def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None, absolute: bool = False,
+    def layer_row(self, k: int, x_layers: list[torch.Tensor], v_src: torch.Tensor | None,
                   own: bool = True) -> torch.Tensor:
         """``(B, n_k)`` layer k's (1..m) part of :meth:`layer_currents`; ``own=False``: without its
         own nodes' term ``S_k x_k`` (what its neighbours and the fixed potentials draw)."""
-        m = self.depth
+        products = self._neighbours(k, x_layers, v_src, self.couplings)
+        constant = self.constants()[k - 1] if v_src is not None else None
+        return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant)
+
+    def _neighbours(self, k: int, x_layers, v_src, blocks) -> list:
+        """Layer k's products ``(y_j, M_j)``: its drivers (layer k-1, or ``v_src`` for k = 1 when given)
+        through ``blocks[k-1].forward``, layer k+1 through ``blocks[k].backward_t``."""
         products = []
         if k >= 2:
-            products.append((x_layers[k - 2], self.couplings[k - 1].forward))
+            products.append((x_layers[k - 2], blocks[k - 1].forward))
         elif v_src is not None:
-            products.append((v_src, self.couplings[0].forward))
-        if k < m:
-            products.append((x_layers[k], self.couplings[k].backward_t))
-        constant = self.constants()[k - 1] if v_src is not None else None
-        return _block_row(self.self_blocks()[k - 1] if own else None, x_layers[k - 1], products, constant, absolute)
+            products.append((v_src, blocks[0].forward))
+        if k < self.depth:
+            products.append((x_layers[k], blocks[k].backward_t))
+        return products
 
-    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None,
-                       absolute: bool = False) -> list[torch.Tensor]:
+    def layer_currents(self, x_layers: list[torch.Tensor], v_src: torch.Tensor | None) -> list[torch.Tensor]:
         """Per layer, ``(B, n_k)`` the current the linear interactions draw out of its nodes (A):
         ``r_lin`` of the module docstring, the input sources at ``v_src`` and the rails and
         targets at their potentials; ``v_src = None``: ``L x`` alone (every fixed potential at
-        0 V). ``absolute``: the magnitudes (:func:`_block_row`)."""
-        return [self.layer_row(k, x_layers, v_src, absolute) for k in range(1, self.depth + 1)]
+        0 V)."""
+        return [self.layer_row(k, x_layers, v_src) for k in range(1, self.depth + 1)]
 
     def linear_currents(self, x: torch.Tensor, v_src: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` ``r_lin(x) = L x - b`` (A); ``v_src = None``: ``L x``."""
         return torch.cat(self.layer_currents(self.layers(x), v_src), 1)
 
     def current_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N)`` ``|L| |x|``: the magnitudes of the linear currents meeting at each node (A)."""
-        return torch.cat(self.layer_currents(self.layers(x), None, absolute=True), 1)
+        """``(B, N)`` ``|L| |x|``: the magnitudes of the linear currents meeting at each node (A)
+        (:func:`_block_row`; the blocks' magnitudes built once per network)."""
+        selfs, blocks = self.cached("abs_blocks", lambda: (
+            [blk.abs() for blk in self.self_blocks()],
+            [_AbsBlocks(c.forward.abs(), c.backward_t.abs()) for c in self.couplings]))
+        ax = self.layers(x.abs())
+        return torch.cat([_block_row(selfs[k - 1], ax[k - 1], self._neighbours(k, ax, None, blocks), None, True)
+                          for k in range(1, self.depth + 1)], 1)
 
     def fixed_currents(self, v_src: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` ``b = -r_lin(0)``: the currents the sources and rails push into the free nodes (A)."""
@@ -461,45 +485,56 @@ class LayeredNetwork:
     # -- the nonlinear part --
 
     def _junctions(self):
-        """Every diode group's node selection (a slice where contiguous: views, no gathers), and
-        their ``IS``, ``N*Vt`` and weights concatenated, so the junction law runs once per call."""
-        if "junctions" not in self._cache:
-            sel = []
-            for g in self.diodes:
-                n = g.nodes
-                contiguous = len(n) and int(n[-1]) - int(n[0]) + 1 == len(n) and bool((n.diff() == 1).all())
-                sel.append(slice(int(n[0]), int(n[-1]) + 1) if contiguous else n)
-            cat = lambda ts: torch.cat(ts) if ts else None
-            w = self.node_weights
-            gmins = {g.model.gmin_s for g in self.diodes}
-            self._cache["junctions"] = (sel, cat([g.isat for g in self.diodes]), cat([g.vte for g in self.diodes]),
-                                        None if w is None or not self.diodes else cat([w[g.nodes] for g in self.diodes]),
-                                        gmins.pop() if len(gmins) == 1 else None)
-        return self._cache["junctions"]
+        """Every clamp junction of the network in one row, so the junction law runs once per call:
+        ``(nodes, slope, offset, IS, N*Vt, weights, GMIN)``, each ``(M,)`` over the M junctions.
+        A junction's voltage is affine in its node's, ``vd = slope * x + offset``, and the current it
+        draws out of its node is ``slope * i`` (``slope = +-1``); both read off
+        :func:`~ffebm_sim.circuit.clamp_diode_voltage` and :func:`~ffebm_sim.circuit.clamp_node_current`,
+        where the orientation is written."""
+        return self.cached("junctions", self._junction_row)
+
+    def _junction_row(self):
+        cat = lambda ts: torch.cat(ts) if ts else None
+        dev = self.device
+        nodes, slope, offset = [], [], []
+        for g in self.diodes:
+            n = len(g.nodes)
+            at0 = clamp_diode_voltage(0.0, g.rail_v, g.upward)
+            sign = clamp_diode_voltage(1.0, 0.0, g.upward)       # +-1: vd = sign * x + at0 exactly
+            if sign != clamp_node_current(1.0, g.upward):       # pragma: no cover - the conventions agree
+                raise ValueError("clamp orientation: voltage and node current disagree")
+            nodes.append(g.nodes)
+            slope.append(torch.full((n,), sign, dtype=DTYPE, device=dev))
+            offset.append(torch.full((n,), at0, dtype=DTYPE, device=dev))
+        w = self.node_weights
+        gmins = {g.model.gmin_s for g in self.diodes}
+        idx = cat(nodes)
+        return (idx, cat(slope), cat(offset), cat([g.isat for g in self.diodes]),
+                cat([g.vte for g in self.diodes]), None if w is None or not self.diodes else w[idx],
+                gmins.pop() if len(gmins) == 1 else None)
+
+    def _junction_voltages(self, x: torch.Tensor):
+        """``(vd, nodes, slope, IS, N*Vt, weights, GMIN)``: ``vd`` ``(B, M)`` every junction's voltage (V)."""
+        idx, slope, offset, isat, vte, wd, gmin = self._junctions()
+        if gmin is None:                    # pragma: no cover - one circuit has one GMIN
+            raise ValueError("diode groups with different GMIN")
+        return torch.addcmul(offset, x.index_select(1, idx), slope), idx, slope, isat, vte, wd, gmin
 
     def nonlinear(self, x: torch.Tensor, energy: bool = False, currents: bool = True):
         """``f(x)``, ``f'(x)`` (physical currents, A and S) and, when ``energy``, the co-content
-        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J).
+        sum weighted by the nodes' domain weights (the nonlinear part of ``E_w``, J; else None).
         ``currents=False``: the energy alone (``f``, ``f'`` None)."""
         if not currents:
             return None, None, self._cocontent(x)
         f = torch.zeros_like(x)
         df = torch.zeros_like(x)
-        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if energy else None
         w = self.node_weights
         if self.diodes:
-            sel, isat, vte, wd, gmin = self._junctions()
-            if gmin is None:                    # pragma: no cover - one circuit has one GMIN
-                raise ValueError("diode groups with different GMIN")
-            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
-            vd = torch.cat(vds, 1) if len(vds) > 1 else vds[0]
+            vd, idx, slope, isat, vte, wd, gmin = self._junction_voltages(x)
             i, gd, c = junction_law(vd, isat, vte, gmin, energy)
-            start = 0
-            for g, s, v in zip(self.diodes, sel, vds):
-                part = slice(start, start + v.shape[1])
-                start = part.stop
-                f[:, s] += clamp_node_current(i[:, part], g.upward)
-                df[:, s] += gd[:, part]
+            f.index_add_(1, idx, i.mul_(slope))
+            df.index_add_(1, idx, gd)
             if energy:
                 e = e + (c if wd is None else c * wd).sum(1)
         for g in self.pwls:
@@ -516,9 +551,8 @@ class LayeredNetwork:
         """``(B,)`` the nonlinear part of ``E_w`` alone (:meth:`nonlinear`)."""
         e = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         if self.diodes:
-            sel, isat, vte, wd, gmin = self._junctions()
-            vds = [clamp_diode_voltage(x[:, s], g.rail_v, g.upward) for g, s in zip(self.diodes, sel)]
-            c = junction_cocontent(torch.cat(vds, 1) if len(vds) > 1 else vds[0], isat, vte, gmin)
+            vd, _, _, isat, vte, wd, gmin = self._junction_voltages(x)
+            c = junction_cocontent(vd, isat, vte, gmin)
             e = e + (c if wd is None else c * wd).sum(1)
         w = self.node_weights
         for g in self.pwls:

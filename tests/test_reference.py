@@ -125,3 +125,40 @@ def test_warm_start_reaches_the_same_equilibrium(kind, solver):
         assert warm.iterations <= cold.iterations
     with pytest.raises(Exception, match="start: shape"):
         be.solve(c, u, nudge, start=free.node_voltages_v[:3])
+
+
+def test_repeated_inputs_reuse_the_free_phase_rows_and_never_stale_ones():
+    """EP's nudged request stacks the free phase's inputs ``[u; u]``: the backend reuses their fixed
+    currents. The answers are those of a backend that computes everything afresh, and inputs
+    changed in place since (the same tensor, new values) are not mistaken for the last ones."""
+    c = make_block((6, 5, 3), kind="double", seed=4, bias=True)
+    u = random_inputs(c, 7, seed=1)
+    nudge = Nudge(currents_a=torch.from_numpy(np.random.default_rng(3).normal(0, 1e-7, (14, 3))))
+    be = ReferenceBackend()
+    free = be.solve(c, u)
+    both = be.solve(c, torch.cat([u, u]), nudge, start=torch.cat([free.node_voltages_v] * 2))
+    fresh = ReferenceBackend().solve(c, torch.cat([u, u]), nudge)
+    assert both.ok and fresh.ok
+    assert float((both.node_voltages_v - fresh.node_voltages_v).abs().max()) <= 1e-11
+    assert float((both.source_currents_a - fresh.source_currents_a).abs().max()) <= 1e-15
+    u.add_(0.25)                                  # the caller's tensor, changed in place
+    again = be.solve(c, u)
+    assert float((again.node_voltages_v - ReferenceBackend().solve(c, u).node_voltages_v).abs().max()) <= 1e-11
+    assert float((again.node_voltages_v - free.node_voltages_v).abs().max()) > 1e-3
+
+
+def test_nudged_copies_share_what_does_not_depend_on_the_targets():
+    """A resistive nudge's network (``with_nudge``) reuses its network's constants and those built
+    for the same nudge conductance before; the targets' currents stay its own."""
+    c = make_block((6, 5, 3), kind="double", seed=4, bias=True)
+    net = network(c)
+    builds = []
+    count = lambda value: (lambda: builds.append(value) or value)
+    assert net.cached("probe", count(1)) == 1
+    y1, y2 = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    a, b = net.with_nudge(1e-5, y1), net.with_nudge(1e-5, y2)
+    assert a.cached("probe", count(2)) == 2 and b.cached("probe", count(3)) == 2
+    assert net.with_nudge(-1e-5, y1).cached("probe", count(4)) == 4
+    assert builds == [1, 2, 4]
+    assert a.self_blocks() is b.self_blocks() and a.self_blocks() is not net.self_blocks()
+    assert not torch.equal(a.constants()[-1], b.constants()[-1])
