@@ -219,15 +219,9 @@ def sample_rows(time_s: np.ndarray, m: int) -> np.ndarray | None:
     return rows
 
 
-def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
-    """The chunk as one transient of the resident deck (see the module docstring); None when it fails."""
-    n = job.values.shape[0]
-    deck, deck_digest = resident_deck(job.deck, job.deck_digest, job.sources)
-    try:
-        s.load(deck, deck_digest, keep_stats=job.measure)
-    except NgspiceDeckError:
-        s.unload()
-        return None
+def _set_pwl_values(s: NgspiceSession, job: DeckJob) -> bool:
+    """Give the loaded resident deck's PWL sources the job's values (one rawfile, one ``alter``
+    per source whose values changed); False when ngspice refused them (the circuit is unloaded)."""
     columns = job.values.T.tolist()
     changed = [k for k, (name, column) in enumerate(zip(job.sources, columns))
                if s.pwl.get(name) != tuple(column)]       # the loaded circuit holds other values
@@ -237,12 +231,38 @@ def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
                        [pwl_vector(j) for j in range(len(changed))], [tuple(columns[k]) for k in changed])
         except (OSError, NgspiceDeckError):       # no temporary file, or refused: solve with op
             s.unload()
-            return None
-    failure = tran_samples(s, n)
-    length = 0 if failure else s.vector_length("time")
-    data = s.read_arrays(["time"] + list(job.vectors), length) if length >= n else None
-    s.destroy_plots()
-    if data is None:
+            return False
+    return True
+
+
+def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
+    """The chunk as one transient of the resident deck (see the module docstring); None when it
+    fails. The sources are ``EXTERNAL`` ones served from memory when :mod:`.extsrc` is available,
+    else PWL sources given their values with ``alter``."""
+    n = job.values.shape[0]
+    table = s.external_table()
+    deck, deck_digest = resident_deck(job.deck, job.deck_digest, job.sources, external=table is not None)
+    try:
+        s.load(deck, deck_digest, keep_stats=job.measure)
+    except NgspiceDeckError:
+        s.unload()
+        return None
+    missed = 0
+    if table is not None:
+        if table.names != job.sources:
+            table.set_names(job.sources)
+        table.set_values(job.values)
+    elif not _set_pwl_values(s, job):
+        return None
+    try:
+        failure = tran_samples(s, n)
+        length = 0 if failure else s.vector_length("time")
+        data = s.read_arrays(["time"] + list(job.vectors), length) if length >= n else None
+        s.destroy_plots()
+    finally:
+        if table is not None:
+            missed = table.clear_values()
+    if data is None or missed:             # a source the table could not answer: solve with op
         return None
     rows = sample_rows(data[:, 0], n)
     if rows is None:
