@@ -21,10 +21,16 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   (fixed boundaries: identical on 1 or N workers). A chunk whose sweep fails
   is solved again sample by sample with ``op``.
 * ``tran``: the resident deck (:func:`~.deckedit.resident_deck`: the changing
-  sources as independent PWL sources) is loaded once, like ``op``'s; a chunk's
-  values go in as one binary rawfile (:func:`~.deckedit.pwl_rawfile`, exact
-  float64) and one short ``alter @SRC[pwl] = vector`` per source whose values
-  changed (:meth:`~.session.NgspiceSession.set_pwls`), and the chunk is one transient with one
+  sources as independent ``EXTERNAL`` sources) is loaded once, like ``op``'s; a
+  chunk's values are handed to the C callback of :mod:`.extsrc` as one numpy
+  array (:meth:`~.session.NgspiceSession.external_table`; no ngspice command),
+  which ngspice asks for each source's value at every load. Where that
+  extension cannot be built (no C compiler) or ``FFEBM_NGSPICE_EXTERNAL=0``,
+  the sources are PWL sources instead and the values go in as one binary
+  rawfile (:func:`~.deckedit.pwl_rawfile`, exact float64) and one short
+  ``alter @SRC[pwl] = vector`` per source whose values changed
+  (:meth:`~.session.NgspiceSession.set_pwls`; 25-45 us each). Either way
+  sample ``k`` is the value at ``t = k`` and the chunk is one transient with one
   time point per sample (:meth:`~.session.NgspiceSession.tran_samples`). The
   circuit has no reactive element, so every accepted time point is a DC
   operating point, solved to the deck's tolerances. Sample 0 is the
@@ -32,7 +38,7 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   sample ``k`` starts Newton from sample ``k-1`` (extrapolated from ``k-2``:
   SPICE's predictor). Nothing carries over from one transient to the next
   (each starts with ``op``'s junction initialisation and matrix reordering; the
-  PWL values of every source are the chunk's), so the answer depends only on
+  values of every source are the chunk's), so the answer depends only on
   the chunk, as the sweep's does: identical on 1 or N workers, and whatever
   the worker solved before (``tests/test_pool.py``). It does depend on the
   chunk's other samples within the solver's tolerance: the same sample in
@@ -52,7 +58,7 @@ solver and runs in the process that owns the backend
 what rescued each sample. Analyses consult :func:`~.faults.injected_nonconvergence`
 first (tests only).
 
-Only numpy, :mod:`.session`, :mod:`.deckedit` and :mod:`.faults`: no torch.
+Only numpy, :mod:`.session` (with :mod:`.extsrc`), :mod:`.deckedit` and :mod:`.faults`: no torch.
 """
 
 from __future__ import annotations

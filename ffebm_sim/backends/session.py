@@ -27,7 +27,10 @@ samples and nothing else. When a point does not converge, ngspice backs off
 (step / 8) and the callback lets it: the extra points are a continuation from
 the previous sample, and the step after them again ends on the integer. The
 callback acts only while :meth:`~NgspiceSession.tran_samples` runs; other
-transients keep ngspice's own step control.
+transients keep ngspice's own step control. The same ``ngSpice_Init_Sync`` call
+registers the source callbacks: once :meth:`~NgspiceSession.external_table` is
+used, the C callback of :mod:`.extsrc` that serves ``EXTERNAL`` sources their
+values from memory (else PySpice's own).
 
 One libngspice per process (:func:`session`), used from one thread at a time:
 callers hold :attr:`NgspiceSession.lock`.
