@@ -268,3 +268,17 @@ def test_jobs_are_32_samples_when_a_request_still_makes_two_of_them():
     for n, sizes in ((32, [16, 16]), (63, [16, 16, 16, 15]), (64, [32, 32]), (100, [32, 32, 32, 4])):
         assert [j.values.shape[0] for j in be.jobs(c, random_inputs(c, n, seed=0), None)[0]] == sizes
     assert [j.values.shape[0] for j in NgspiceBackend(reduced=True, chunk=8).jobs(c, random_inputs(c, 20), None)[0]] == [8, 8, 4]
+
+
+def test_without_a_compiler_the_extension_is_none(monkeypatch, tmp_path):
+    """A build that fails (no C compiler, no headers) gives None, and jobs take the PWL path."""
+    def no_compiler(name, directory):
+        raise OSError("no C compiler")
+    monkeypatch.setattr(extsrc, "_TRIED", False)
+    monkeypatch.setattr(extsrc, "_LIBRARY", None)
+    monkeypatch.setattr(extsrc, "_cache_dir", lambda: str(tmp_path / "empty"))
+    monkeypatch.setattr(extsrc, "_build", no_compiler)
+    assert extsrc.library() is None
+    monkeypatch.setattr(extsrc, "_TRIED", False)
+    monkeypatch.setenv("FFEBM_NGSPICE_EXTERNAL", "0")
+    assert extsrc.library() is None and session().external_table() is None
