@@ -94,4 +94,4 @@ def test_markdown_shows_both_ways_of_giving_a_tran_job_its_values():
     assert "| block_small | 16 | PWL + alter: 1.30 | 3.60 | 3.00 | 0.25 | 1.72 |" in text
     assert "| block_small | 16 | EXTERNAL: 0.04 | 3.10 | 3.00 | 0.23 | 1.12 |" in text
     without = {k: v for k, v in cost.items() if not k.startswith("external_")}
-    assert "EXTERNAL:" not in markdown(_report(tran_costs=[without]))
+    assert "| 16 | EXTERNAL:" not in markdown(_report(tran_costs=[without]))
