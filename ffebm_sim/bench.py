@@ -397,10 +397,11 @@ def method_table(blocks: dict, batches: int, rounds: int = 3) -> list[dict]:
 
 def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
     """Milliseconds one ``tran`` job of ``n`` samples spends in each step (one process, reduced deck,
-    resident circuit already loaded, best of ``repeat``): giving every source its values (as the job
-    does: one rawfile written and ``load`` ed, one ``alter @SRC[pwl] = vector`` per source), the
-    ``tran`` command, ngspice's own analysis time (``rusage``) for it, reading the vectors and
-    destroying the plots."""
+    resident circuit already loaded, best of ``repeat``): giving every source its values (the PWL
+    path: one rawfile written and ``load`` ed, one ``alter @SRC[pwl] = vector`` per source), the
+    ``tran`` command, ngspice's own analysis time (``rusage``) for it (the best over both paths),
+    reading the vectors and destroying the plots; and the same with the ``EXTERNAL`` sources
+    (``external_*``, when :mod:`.backends.extsrc` builds: what jobs then run)."""
     from .backends.deckedit import pwl_rawfile, pwl_vector, resident_deck
     from .backends.jobs import tran_samples
     from .backends.ngspice import NgspiceBackend
@@ -425,6 +426,23 @@ def tran_costs(circuit, n: int, repeat: int = 20) -> dict:
             if failure:
                 raise RuntimeError(f"benchmark: tran failed: {failure}")
         s.unload()
+        table = s.external_table()          # the path jobs take when the C extension builds
+        if table is not None:
+            deck, dg = resident_deck(jobs[0].deck, jobs[0].deck_digest, jobs[0].sources, external=True)
+            s.load(deck, dg)
+            table.set_names(jobs[0].sources)
+            for r in range(repeat):
+                job = jobs[r % 2]
+                laps.start()
+                table.set_values(job.values)
+                laps.lap("external_values_ms")
+                failure = laps.analysis(s, lambda: tran_samples(s, n), "external_tran_command_ms")
+                s.read_arrays(["time"] + list(job.vectors), s.vector_length("time"))
+                s.destroy_plots()
+                laps.lap("external_read_destroy_ms")
+                if table.clear_values() or failure:
+                    raise RuntimeError(f"benchmark: tran with EXTERNAL sources failed: {failure or 'a value missed'}")
+            s.unload()
     return {"samples": n, **laps.best}
 
 
@@ -602,12 +620,16 @@ def markdown(report: dict) -> str:
                          f"{1 + rest / c['analysis_ms']:.2f} |")
     if report.get("tran_costs"):
         lines += ["", "## Where one `tran` job's time goes (resident circuit loaded, one process, ms per job, best of 10-20)", "",
-                  "| block | samples | values in (rawfile `load` + `alter @SRC[pwl] = vector`) | `tran` command | its analysis (`rusage`) | "
+                  "| block | samples | values in (PWL: rawfile `load` + `alter @SRC[pwl] = vector`; EXTERNAL: the C table) | "
+                  "`tran` command | its analysis (`rusage`, best of both) | "
                   "read + destroy | job / analysis |", "|---|---|---|---|---|---|---|"]
         for c in report["tran_costs"]:
-            job = c["alter_ms"] + c["tran_command_ms"] + c["read_destroy_ms"]
-            lines.append(f"| {c['block']} | {c['samples']} | {c['alter_ms']:.2f} | {c['tran_command_ms']:.2f} | "
-                         f"{c['analysis_ms']:.2f} | {c['read_destroy_ms']:.2f} | {job / max(c['analysis_ms'], 1e-9):.2f} |")
+            for how, prefix, values in (("PWL + alter", "", "alter_ms"), ("EXTERNAL", "external_", "external_values_ms")):
+                if values not in c:
+                    continue
+                steps = (c[values], c[prefix + "tran_command_ms"], c[prefix + "read_destroy_ms"])
+                lines.append(f"| {c['block']} | {c['samples']} | {how}: {steps[0]:.2f} | {steps[1]:.2f} | "
+                             f"{c['analysis_ms']:.2f} | {steps[2]:.2f} | {sum(steps) / max(c['analysis_ms'], 1e-9):.2f} |")
     lines += ["", f"Naive loop agrees with the reference to {report['naive_max_abs_dv_volts']:.1e} V. "
               "A digits epoch: forward + EP backward + Adam step over the 1437 training samples of "
               "sklearn digits in batches of 32 (`ffebm_sim.model.build_model`).", "",

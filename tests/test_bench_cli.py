@@ -84,3 +84,14 @@ def test_progress_counts_every_step_once(monkeypatch, quick):
     bar, = bars
     assert bar.total == len(b.solver_steps(quick)) == bar.done
     assert len(messages) == bar.total + 5
+
+
+def test_markdown_shows_both_ways_of_giving_a_tran_job_its_values():
+    cost = {"block": "block_small", "samples": 16, "alter_ms": 1.3, "tran_command_ms": 3.6, "analysis_ms": 3.0,
+            "read_destroy_ms": 0.25, "external_values_ms": 0.04, "external_tran_command_ms": 3.1,
+            "external_read_destroy_ms": 0.23}
+    text = markdown(_report(tran_costs=[cost]))
+    assert "| block_small | 16 | PWL + alter: 1.30 | 3.60 | 3.00 | 0.25 | 1.72 |" in text
+    assert "| block_small | 16 | EXTERNAL: 0.04 | 3.10 | 3.00 | 0.23 | 1.12 |" in text
+    without = {k: v for k, v in cost.items() if not k.startswith("external_")}
+    assert "| 16 | EXTERNAL:" not in markdown(_report(tran_costs=[without]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import make_block, random_inputs
-from ffebm_sim.backends import Nudge
+from ffebm_sim.backends import Nudge, extsrc
 from ffebm_sim.backends.deckedit import pwl_rawfile, pwl_vector, resident_deck
 from ffebm_sim.backends.jobs import (_run_tran, cache_friendly_order, input_key,
                                     run_job, sample_rows)
@@ -18,6 +18,19 @@ from ffebm_sim.backends.ngspice import NgspiceBackend
 from ffebm_sim.backends.reference import ReferenceBackend
 from ffebm_sim.backends.session import NgspiceDeckError, session
 from ffebm_sim.spec import load_block
+
+
+@pytest.fixture(params=["external", "pwl"])
+def values_in(request, monkeypatch):
+    """Each test with this fixture runs twice: the sources served from memory by the C callback
+    (``EXTERNAL``, :mod:`ffebm_sim.backends.extsrc`) and as PWL sources given their values by
+    ``alter`` (the fallback without a C compiler)."""
+    if request.param == "external":
+        if extsrc.library() is None:
+            pytest.skip("the EXTERNAL sources' C extension cannot be built here")
+    else:
+        monkeypatch.setenv("FFEBM_NGSPICE_EXTERNAL", "0")
+    return request.param
 
 
 def _job(c, u, nudge=None, chunk=None, reduced=True):
@@ -37,7 +50,7 @@ def _rusage(key: str) -> int:
     raise AssertionError(f"rusage has no {key!r}")
 
 
-def test_one_accepted_time_point_per_sample_each_an_operating_point():
+def test_one_accepted_time_point_per_sample_each_an_operating_point(values_in):
     c = load_block("circuits/block_small.toml")
     u = random_inputs(c, 16, seed=1)
     nudge = Nudge(currents_a=torch.from_numpy(np.random.default_rng(0).normal(0, 2e-6, (16, c.n_outputs))))
@@ -78,7 +91,7 @@ def test_a_failed_step_is_a_continuation_and_the_samples_are_kept():
     assert sample_rows(np.array([0.0, 1.0]), 3) is None
 
 
-def test_a_job_does_not_depend_on_what_the_process_solved_before():
+def test_a_job_does_not_depend_on_what_the_process_solved_before(values_in):
     """The circuit stays loaded between jobs: a job run after others (other values, another
     length) gives the bits it gives on a freshly loaded circuit."""
     c = make_block((6, 5, 3), kind="single", seed=5, bias=True)
@@ -104,8 +117,8 @@ def test_a_sample_agrees_within_tolerance_wherever_it_sits():
     assert float((forward - backward).abs().max()) <= 1e-9
 
 
-def test_a_long_chunk_is_one_transient():
-    """The values travel in a rawfile, not in a command: no 1024-character limit, one transient."""
+def test_a_long_chunk_is_one_transient(values_in):
+    """The values travel in memory or a rawfile, not in a command: no 1024-character limit, one transient."""
     c = make_block((4, 3, 2), kind="double", seed=9)
     u = random_inputs(c, 75, seed=5)
     s = session()
@@ -153,6 +166,64 @@ def test_resident_deck_keeps_every_other_card():
     for name in job.sources:
         card = next(line for line in resident if line.split() and line.split()[0].lower() == name)
         assert card.endswith("PWL(0 0)")
+    external, _ = resident_deck(job.deck, job.deck_digest, job.sources, external=True)
+    assert [line for line in external.splitlines() if not line.endswith(" external")] == \
+        [line for line in resident if not line.endswith(" PWL(0 0)")]
+
+
+def test_external_and_pwl_sources_give_the_same_answers(monkeypatch):
+    """The same jobs with the values served from memory and as altered PWLs agree far within
+    the solver's tolerance (every accepted time point is a sample either way)."""
+    if extsrc.library() is None:
+        pytest.skip("the EXTERNAL sources' C extension cannot be built here")
+    c = make_block((6, 5, 3), kind="double", seed=11, bias=True)
+    u = random_inputs(c, 20, seed=7)
+    nudge = Nudge(currents_a=torch.from_numpy(np.random.default_rng(5).normal(0, 2e-6, (20, 3))))
+    jobs = NgspiceBackend(reduced=True, method="tran", chunk=10).jobs(c, u, nudge)[0]
+    external = [run_job(j) for j in jobs]
+    monkeypatch.setenv("FFEBM_NGSPICE_EXTERNAL", "0")
+    s = session()
+    with s.lock:
+        before = s.pwl_sets
+    pwl = [run_job(j) for j in jobs]
+    with s.lock:
+        assert s.pwl_sets > before             # the PWL path did run
+    for a, b in zip(external, pwl):
+        assert all(m == "" for m in a.messages + b.messages)
+        assert float(np.abs(a.values - b.values).max()) <= 1e-12
+
+
+def test_the_callback_serves_each_sample_and_interpolates_between_them():
+    """Row k at t = k, the straight line between rows (ngspice's points after a failed step),
+    row 0 before 0, the last row after the end; an unknown name or no values: 0 and a miss."""
+    lib = extsrc.library()
+    if lib is None:
+        pytest.skip("the EXTERNAL sources' C extension cannot be built here")
+    s = session()
+    with s.lock:
+        table = extsrc.Table(lib)
+        table.set_names(("i1", "v2"))
+        values = np.array([[1.0, -2.0], [3.0, 5.0], [0.1, 1 / 3]])
+        table.set_values(values)
+        ffi, fn = lib.ffi, lib.lib.ffebm_source_value
+        out = ffi.new("double *")
+        # ngspice passes each instance's own name string, which lives as long as the circuit
+        strings = {name: ffi.new("char[]", name) for name in (b"i1", b"V2", b"v2", b"nosuch")}
+
+        def at(t, name):
+            fn(out, t, strings[name], 0, ffi.NULL)
+            return out[0]
+        assert [at(float(k), b"v2") for k in range(3)] == values[:, 1].tolist()
+        assert at(0.5, b"i1") == 2.0 and at(1.25, b"V2") == 5.0 + 0.25 * (1 / 3 - 5.0)
+        assert at(-1.0, b"i1") == 1.0 and at(7.0, b"i1") == 0.1
+        assert table.clear_values() == 0
+        table.set_values(values)
+        assert at(1.0, b"nosuch") == 0.0
+        assert table.clear_values() == 1
+        assert at(1.0, b"i1") == 0.0                 # no values set
+        s.unload()                                   # the process's table is set again by the next job
+        if s._external is not None:
+            s._external.forget_names()
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -164,10 +235,11 @@ def test_auto_takes_the_transient_from_two_samples(n):
     assert one.method == "op"
 
 
-def test_jobs_sharing_their_inputs_run_one_after_another():
+def test_jobs_sharing_their_inputs_run_one_after_another(monkeypatch):
     """EP's nudged request repeats the free phase's inputs: +beta chunk k and -beta chunk k run
     back to back (first the chunk the process last held), so a resident circuit keeps the input
-    PWLs; the results come back in job order and equal those run in job order."""
+    PWLs (the PWL path); the results come back in job order and equal those run in job order."""
+    monkeypatch.setenv("FFEBM_NGSPICE_EXTERNAL", "0")
     c = make_block((6, 5, 3), kind="double", seed=10)
     u = random_inputs(c, 16, seed=6)
     nudge = Nudge(currents_a=torch.from_numpy(np.random.default_rng(4).normal(0, 2e-6, (32, 3))))
@@ -196,3 +268,17 @@ def test_jobs_are_32_samples_when_a_request_still_makes_two_of_them():
     for n, sizes in ((32, [16, 16]), (63, [16, 16, 16, 15]), (64, [32, 32]), (100, [32, 32, 32, 4])):
         assert [j.values.shape[0] for j in be.jobs(c, random_inputs(c, n, seed=0), None)[0]] == sizes
     assert [j.values.shape[0] for j in NgspiceBackend(reduced=True, chunk=8).jobs(c, random_inputs(c, 20), None)[0]] == [8, 8, 4]
+
+
+def test_without_a_compiler_the_extension_is_none(monkeypatch, tmp_path):
+    """A build that fails (no C compiler, no headers) gives None, and jobs take the PWL path."""
+    def no_compiler(name, directory):
+        raise OSError("no C compiler")
+    monkeypatch.setattr(extsrc, "_TRIED", False)
+    monkeypatch.setattr(extsrc, "_LIBRARY", None)
+    monkeypatch.setattr(extsrc, "_cache_dir", lambda: str(tmp_path / "empty"))
+    monkeypatch.setattr(extsrc, "_build", no_compiler)
+    assert extsrc.library() is None
+    monkeypatch.setattr(extsrc, "_TRIED", False)
+    monkeypatch.setenv("FFEBM_NGSPICE_EXTERNAL", "0")
+    assert extsrc.library() is None and session().external_table() is None

@@ -13,6 +13,11 @@ more: ngspice's command parser reads every number; docs/speed.md.)
 ``.options noinit`` keeps ngspice from printing the initial transient solution
 (every node, through the shared library's output callback) on each transient.
 
+Where the C callback of :mod:`.extsrc` can be built, the resident deck's
+changing sources are ``EXTERNAL`` instead (``resident_deck(..., external=True)``):
+ngspice asks the host for their values at every load, and a job's values go in
+with no command at all.
+
 **The sweep deck.** A chunk of ``n`` samples becomes one DC sweep: each source
 that changes across the chunk becomes a behavioural source
 ``pwl(v(ffebm_sweep), 0, x_0, 1, x_1, ...)`` of a sweep voltage
@@ -41,14 +46,18 @@ SWEEP_SOURCE = "vffebm_sweep"
 SWEEP_NODE = "ffebm_sweep"
 
 
-def resident_deck(deck: str, deck_digest: str, sources: tuple[str, ...]) -> tuple[str, str]:
-    """``deck`` with every card of ``sources`` as an independent ``PWL`` source of the same
-    name and nodes (value 0 until altered), and ``.options noinit``; (text, its digest)."""
-    key = ("resident", deck_digest, sources)
+def resident_deck(deck: str, deck_digest: str, sources: tuple[str, ...],
+                  external: bool = False) -> tuple[str, str]:
+    """``deck`` with every card of ``sources`` as an independent source of the same name and
+    nodes: ``PWL(0 0)`` (value 0 until altered), or with ``external`` an ``EXTERNAL`` source
+    whose values the host's callback serves (:mod:`.extsrc`); and ``.options noinit``;
+    (text, its digest)."""
+    key = ("resident", deck_digest, sources, external)
     if key not in _TEMPLATES:
         fixed, cards = sweep_template(deck, deck_digest, sources)
         body = [fixed, ".options noinit"]
-        body += [f"{name} {plus} {minus} PWL(0 0)" for _, (name, plus, minus) in sorted(cards.items())]
+        kind = "external" if external else "PWL(0 0)"
+        body += [f"{name} {plus} {minus} {kind}" for _, (name, plus, minus) in sorted(cards.items())]
         text = "\n".join(body + [".end", ""])
         if len(_TEMPLATES) > 8:
             _TEMPLATES.clear()

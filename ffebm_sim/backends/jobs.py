@@ -21,10 +21,16 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   (fixed boundaries: identical on 1 or N workers). A chunk whose sweep fails
   is solved again sample by sample with ``op``.
 * ``tran``: the resident deck (:func:`~.deckedit.resident_deck`: the changing
-  sources as independent PWL sources) is loaded once, like ``op``'s; a chunk's
-  values go in as one binary rawfile (:func:`~.deckedit.pwl_rawfile`, exact
-  float64) and one short ``alter @SRC[pwl] = vector`` per source whose values
-  changed (:meth:`~.session.NgspiceSession.set_pwls`), and the chunk is one transient with one
+  sources as independent ``EXTERNAL`` sources) is loaded once, like ``op``'s; a
+  chunk's values are handed to the C callback of :mod:`.extsrc` as one numpy
+  array (:meth:`~.session.NgspiceSession.external_table`; no ngspice command),
+  which ngspice asks for each source's value at every load. Where that
+  extension cannot be built (no C compiler) or ``FFEBM_NGSPICE_EXTERNAL=0``,
+  the sources are PWL sources instead and the values go in as one binary
+  rawfile (:func:`~.deckedit.pwl_rawfile`, exact float64) and one short
+  ``alter @SRC[pwl] = vector`` per source whose values changed
+  (:meth:`~.session.NgspiceSession.set_pwls`; 25-45 us each). Either way
+  sample ``k`` is the value at ``t = k`` and the chunk is one transient with one
   time point per sample (:meth:`~.session.NgspiceSession.tran_samples`). The
   circuit has no reactive element, so every accepted time point is a DC
   operating point, solved to the deck's tolerances. Sample 0 is the
@@ -32,7 +38,7 @@ libngspice (the caller's, a worker of :mod:`.pool`, or a Dask worker,
   sample ``k`` starts Newton from sample ``k-1`` (extrapolated from ``k-2``:
   SPICE's predictor). Nothing carries over from one transient to the next
   (each starts with ``op``'s junction initialisation and matrix reordering; the
-  PWL values of every source are the chunk's), so the answer depends only on
+  values of every source are the chunk's), so the answer depends only on
   the chunk, as the sweep's does: identical on 1 or N workers, and whatever
   the worker solved before (``tests/test_pool.py``). It does depend on the
   chunk's other samples within the solver's tolerance: the same sample in
@@ -52,7 +58,7 @@ solver and runs in the process that owns the backend
 what rescued each sample. Analyses consult :func:`~.faults.injected_nonconvergence`
 first (tests only).
 
-Only numpy, :mod:`.session`, :mod:`.deckedit` and :mod:`.faults`: no torch.
+Only numpy, :mod:`.session` (with :mod:`.extsrc`), :mod:`.deckedit` and :mod:`.faults`: no torch.
 """
 
 from __future__ import annotations
@@ -219,15 +225,9 @@ def sample_rows(time_s: np.ndarray, m: int) -> np.ndarray | None:
     return rows
 
 
-def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
-    """The chunk as one transient of the resident deck (see the module docstring); None when it fails."""
-    n = job.values.shape[0]
-    deck, deck_digest = resident_deck(job.deck, job.deck_digest, job.sources)
-    try:
-        s.load(deck, deck_digest, keep_stats=job.measure)
-    except NgspiceDeckError:
-        s.unload()
-        return None
+def _set_pwl_values(s: NgspiceSession, job: DeckJob) -> bool:
+    """Give the loaded resident deck's PWL sources the job's values (one rawfile, one ``alter``
+    per source whose values changed); False when ngspice refused them (the circuit is unloaded)."""
     columns = job.values.T.tolist()
     changed = [k for k, (name, column) in enumerate(zip(job.sources, columns))
                if s.pwl.get(name) != tuple(column)]       # the loaded circuit holds other values
@@ -237,12 +237,38 @@ def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
                        [pwl_vector(j) for j in range(len(changed))], [tuple(columns[k]) for k in changed])
         except (OSError, NgspiceDeckError):       # no temporary file, or refused: solve with op
             s.unload()
-            return None
-    failure = tran_samples(s, n)
-    length = 0 if failure else s.vector_length("time")
-    data = s.read_arrays(["time"] + list(job.vectors), length) if length >= n else None
-    s.destroy_plots()
-    if data is None:
+            return False
+    return True
+
+
+def _run_tran(s: NgspiceSession, job: DeckJob) -> JobResult | None:
+    """The chunk as one transient of the resident deck (see the module docstring); None when it
+    fails. The sources are ``EXTERNAL`` ones served from memory when :mod:`.extsrc` is available,
+    else PWL sources given their values with ``alter``."""
+    n = job.values.shape[0]
+    table = s.external_table()
+    deck, deck_digest = resident_deck(job.deck, job.deck_digest, job.sources, external=table is not None)
+    try:
+        s.load(deck, deck_digest, keep_stats=job.measure)
+    except NgspiceDeckError:
+        s.unload()
+        return None
+    missed = 0
+    if table is not None:
+        if table.names != job.sources:
+            table.set_names(job.sources)
+        table.set_values(job.values)
+    elif not _set_pwl_values(s, job):
+        return None
+    try:
+        failure = tran_samples(s, n)
+        length = 0 if failure else s.vector_length("time")
+        data = s.read_arrays(["time"] + list(job.vectors), length) if length >= n else None
+        s.destroy_plots()
+    finally:
+        if table is not None:
+            missed = table.clear_values()
+    if data is None or missed:             # a source the table could not answer: solve with op
         return None
     rows = sample_rows(data[:, 0], n)
     if rows is None:

@@ -27,7 +27,10 @@ samples and nothing else. When a point does not converge, ngspice backs off
 (step / 8) and the callback lets it: the extra points are a continuation from
 the previous sample, and the step after them again ends on the integer. The
 callback acts only while :meth:`~NgspiceSession.tran_samples` runs; other
-transients keep ngspice's own step control.
+transients keep ngspice's own step control. The same ``ngSpice_Init_Sync`` call
+registers the source callbacks: once :meth:`~NgspiceSession.external_table` is
+used, the C callback of :mod:`.extsrc` that serves ``EXTERNAL`` sources their
+values from memory (else PySpice's own).
 
 One libngspice per process (:func:`session`), used from one thread at a time:
 callers hold :attr:`NgspiceSession.lock`.
@@ -46,6 +49,8 @@ import tempfile
 import threading
 
 import numpy as np
+
+from . import extsrc
 
 FAILURE_MARKERS = ("singular matrix", "no convergence", "aborted", "timestep too small", "gmin stepping failed",
                    "source stepping failed", "error")
@@ -102,6 +107,8 @@ class NgspiceSession:
         self.pwl: dict[str, tuple[float, ...]] = {}
         self._grid = False                # tran_samples running: the sync callback puts steps on integers
         self._sync_c = None
+        self._sources_c = None            # the source callbacks ngSpice_Init_Sync was last given
+        self._external: extsrc.Table | None = None
         self._scratch_dir: str | None = None
         self.lock = threading.Lock()
         self.commands = 0
@@ -164,6 +171,8 @@ class NgspiceSession:
         self.loaded_hash = None
         self.values = {}
         self.pwl = {}
+        if self._external is not None:
+            self._external.forget_names()
 
     def load(self, deck: str, deck_digest: str | None = None, keep_stats: bool = False) -> None:
         """Load ``deck`` unless it is the one already loaded (``remcirc`` the old one first);
@@ -272,17 +281,39 @@ class NgspiceSession:
         finally:
             self._grid = False
 
+    def external_table(self) -> extsrc.Table | None:
+        """The value table of this process's ``EXTERNAL`` sources (:mod:`.extsrc`), with ngspice's
+        source callbacks pointed at it; None when the C extension is unavailable or turned off
+        (``FFEBM_NGSPICE_EXTERNAL=0``, read on every call)."""
+        if not extsrc.enabled():
+            return None
+        if self._external is None:
+            lib = extsrc.library()
+            if lib is None:
+                return None
+            self._external = extsrc.Table(lib)
+        self._install_sync()
+        return self._external
+
     def _install_sync(self) -> None:
-        """Register the synchronisation callback (once), keeping PySpice's source callbacks."""
-        if self._sync_c is not None:
-            return
-        self._sync_c = self._ffi.callback("int (double, double *, double, int, int, int, void *)", self._on_sync)
+        """Register the synchronisation callback and the source callbacks: the C table of
+        :meth:`external_table` once it exists, else PySpice's own (re-registered only on a change)."""
+        if self._sync_c is None:
+            self._sync_c = self._ffi.callback("int (double, double *, double, int, int, int, void *)", self._on_sync)
         ng = self._ng
-        rc = self._lib.ngSpice_Init_Sync(getattr(ng, "_get_vsrc_data_c", self._null),
-                                         getattr(ng, "_get_isrc_data_c", self._null), self._sync_c,
+        if self._external is not None:
+            vsrc = isrc = self._ffi.cast(extsrc.CALLBACK_TYPE, extsrc.callback_address(self._external.lib))
+        else:
+            vsrc = getattr(ng, "_get_vsrc_data_c", self._null)
+            isrc = getattr(ng, "_get_isrc_data_c", self._null)
+        key = (int(self._ffi.cast("uintptr_t", vsrc)), int(self._ffi.cast("uintptr_t", isrc)))
+        if key == self._sources_c:
+            return
+        rc = self._lib.ngSpice_Init_Sync(vsrc, isrc, self._sync_c,
                                          getattr(ng, "_ngspice_id", self._null), getattr(ng, "_self_c", self._null))
         if rc:
             raise NgspiceUnavailable(f"ngSpice_Init_Sync returned {rc}")
+        self._sources_c = key
 
     def _on_sync(self, time_s, delta, old_delta, redo, ident, location, user) -> int:
         """ngspice's ``GetSyncData``: before a step from ``time_s`` (an accepted point), make the
