@@ -10,9 +10,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # request would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: setup ngspice gnucap demo test netlists clean
+.PHONY: setup ngspice gnucap compiler demo test netlists clean
 
-setup: ngspice gnucap $(STAMP)
+setup: ngspice gnucap compiler $(STAMP)
 
 ngspice:
 	@if ! /sbin/ldconfig -p | grep -q 'libngspice\.so' || ! command -v ngspice >/dev/null; then \
@@ -27,6 +27,16 @@ gnucap:
 		echo "installing gnucap"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gnucap >/dev/null; \
+	fi
+
+# a C compiler and the Python headers: the ngspice path's EXTERNAL-source callback is built with
+# cffi on first use (ffebm_sim/backends/extsrc.py; without them it falls back to PWL sources)
+compiler:
+	@if ! command -v cc >/dev/null || \
+	    ! test -f "$$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h"; then \
+		echo "installing gcc and the Python headers"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc python3-dev >/dev/null; \
 	fi
 
 $(STAMP): setup.cfg pyproject.toml
