@@ -37,12 +37,22 @@ class _Inverse:
             # pivot like any other
             self.d = torch.where(T != 0, T, torch.ones_like(T))
             return
+        # Singular means a pivot within n * eps of the block's largest entry: a floating pair (two
+        # nodes tied only to each other) factors to an exact 0 on one CPU and to a rounding residue
+        # on another (MKL's AVX-512 kernels: Cholesky succeeds with L_22^2 ~ 1e-21 S, LU divides
+        # by a rounded reciprocal), which would be a 1e15 V step. Tested as pivots, on every CPU.
+        n = T.shape[-1]
+        tiny = (n * torch.finfo(T.dtype).eps) * T.abs().amax((-2, -1))
         self.chol, info = torch.linalg.cholesky_ex(T)
+        singular = (info == 0) & (self.chol.diagonal(dim1=-2, dim2=-1).square() <= tiny[:, None]).any(-1)
         self.bad = (info != 0).nonzero().flatten()
         if len(self.bad):
-            # not positive definite: LU; an exactly singular block (nodes tied only to each other)
-            # gives non-finite steps there, which the caller reports as a floating node
-            self.lu = torch.linalg.lu_factor_ex(T[self.bad])[:2]
+            # not positive definite (e.g. under a negative resistive nudge): LU
+            lu, pivots, lu_info = torch.linalg.lu_factor_ex(T[self.bad])
+            singular[self.bad] = (lu.diagonal(dim1=-2, dim2=-1).abs() <= tiny[self.bad, None]).any(-1) | (lu_info != 0)
+            self.lu = (lu, pivots)
+        # NaN steps there: the caller reports the samples (a floating node), the others solve as before
+        self.singular = singular.nonzero().flatten()
 
     def __call__(self, Y: torch.Tensor) -> torch.Tensor:
         """``T^-1 Y`` for ``Y`` ``(B, n)`` or ``(B, n, c)``."""
@@ -53,6 +63,8 @@ class _Inverse:
         out = torch.cholesky_solve(Z, self.chol)
         if len(self.bad):
             out[self.bad] = torch.linalg.lu_solve(*self.lu, Z[self.bad])
+        if len(self.singular):
+            out[self.singular] = torch.nan
         return out.squeeze(-1) if vector else out
 
 
