@@ -149,9 +149,15 @@ class Coupling:
         cross terms are one product over ``2B`` (``[wDv, Sv]^T [Sx, wDx]``) and the rest is added
         in place: a large input layer's ``(rows, cols)`` is megabytes, and each fresh one costs."""
         drive = (lambda v: v) if self.gain == 1.0 else (lambda v: drive_voltage(v, self.gain))
-        dv, sv = drive(v_a - v_b), drive(v_a + v_b)
         dx, sx = x_a - x_b, x_a + x_b
-        wdv, wdx = w[:, None] * dv, w[:, None] * dx
+        wdx = w[:, None] * dx
+        if v_a is v_b:
+            # the same rows in both states (crossbar 1's sources: EP's phases share the inputs):
+            # Dv = 0, so only ``Sv^T (w Dx)`` and the columns' term remain, a product over B
+            cross = drive(v_a + v_b).T @ wdx
+            return cross.sub_((wdx * sx).sum(0)[None, :]).mul_(-0.5)
+        dv, sv = drive(v_a - v_b), drive(v_a + v_b)
+        wdv = w[:, None] * dv
         rows_term, cols_term = (wdv * sv).sum(0), (wdx * sx).sum(0)
         cross = torch.cat([wdv, sv]).T @ torch.cat([sx, wdx])
         return cross.sub_(rows_term[:, None]).sub_(cols_term[None, :]).mul_(-0.5)

@@ -189,3 +189,23 @@ def test_quantizer_forward_levels_and_straight_through_backward():
     torch.testing.assert_close(clip(y).detach(), torch.tensor([-0.5, 0.1, 0.5], dtype=torch.float64))
     clip(y).sum().backward()
     torch.testing.assert_close(y.grad, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("gain", [1.0, 3.0])
+@pytest.mark.parametrize("same_rows", [False, True])
+def test_coupling_contrasted_partials_is_the_batch_sum_of_squared_drops(gain, same_rows):
+    """``Coupling.contrasted_partials`` against its definition, ``sum_b w_b (d_a^2 - d_b^2) / 2``
+    with ``d = A v_i - x_j`` formed as a ``(B, rows, cols)`` array: for two states with different
+    rows, and for the rows shared by both states (crossbar 1 in EP, the short path)."""
+    from ffebm_sim.interactions import plain_coupling
+    from ffebm_sim.amplifier import drive_voltage
+    rng = np.random.default_rng(5)
+    B, rows, cols = 7, 6, 4
+    t = lambda *shape: torch.from_numpy(rng.normal(0, 1, shape))
+    coupling = plain_coupling(1, torch.from_numpy(rng.uniform(0, 1e-4, (rows, cols))), gain)
+    v_a, x_a, x_b, w = t(B, rows), t(B, cols), t(B, cols), torch.from_numpy(rng.uniform(0.5, 2, B))
+    v_b = v_a if same_rows else t(B, rows)
+    drop = lambda v, x: drive_voltage(v, gain)[:, :, None] - x[:, None, :]
+    expected = (w[:, None, None] * (drop(v_a, x_a) ** 2 - drop(v_b, x_b) ** 2) / 2).sum(0)
+    got = coupling.contrasted_partials(v_a, x_a, v_b, x_b, w)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))

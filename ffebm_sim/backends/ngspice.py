@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,6 +54,17 @@ from .jobs import (METHODS, TRAN_MIN_SAMPLES, WARM_START, DeckJob, JobResult, ca
 from .pool import PoolEngine
 from .reference import ReferenceBackend
 from .session import digest
+
+
+class _CircuitFacts(NamedTuple):
+    """Per circuit: whether its deck is the reduced one, its first-layer conductances (S, mismatch
+    included), its floating nodes, and the names a job reads and sets."""
+    reduced: bool
+    g1: np.ndarray
+    floating: tuple[str, ...]
+    n_nodes: int
+    input_names: tuple[str, ...]
+    vectors: tuple[str, ...]
 
 
 class NgspiceBackend(Backend):
@@ -94,6 +106,7 @@ class NgspiceBackend(Backend):
         self._convergence: Counter = Counter()
         self._engine = None
         self._decks = RecentByIdentity(6)                 # (deck, digest) per circuit and nudge conductance
+        self._circuit_facts = RecentByIdentity(4)         # _CircuitFacts per circuit
         self._norton: tuple[BlockCircuit | None, dict[bytes, np.ndarray]] = (None, {})
         self._last_inputs: bytes | None = None       # input columns of the last job run (cache_friendly_order)
 
@@ -128,7 +141,7 @@ class NgspiceBackend(Backend):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_engine"], state["_decks"], state["_norton"] = None, RecentByIdentity(6), (None, {})
+        state["_engine"], state["_norton"] = None, (None, {})
         return state
 
     def deck_for(self, circuit: BlockCircuit, nudge: Nudge | None) -> str:
@@ -150,20 +163,28 @@ class NgspiceBackend(Backend):
         physical deck is solved (``reduced=True`` is then ignored for that circuit)."""
         return self.reduced and not circuit.has_wires
 
+    def _facts(self, circuit: BlockCircuit) -> _CircuitFacts:
+        """What every request on ``circuit`` needs, worked out once per circuit (EP makes two
+        requests of each, training a forward pass and two more)."""
+        def build() -> _CircuitFacts:
+            reduced = self._reduced(circuit)
+            n0 = circuit.n_inputs
+            nodes = free_node_names(circuit)
+            inputs = ([norton_source_name(j) for j in range(circuit.layer_sizes[1])] if reduced
+                      else source_names(n0))
+            vectors = tuple(nodes + ([] if reduced else [f"{name}#branch" for name in source_names(n0)]))
+            return _CircuitFacts(reduced, circuit.actual_conductances()[0], tuple(circuit.floating_nodes()),
+                                 len(nodes), tuple(inputs), vectors)
+        return self._circuit_facts.get(circuit, None, build)
+
     def jobs(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None) -> tuple[list[DeckJob], dict]:
         """The jobs of one solve request, and what :meth:`assemble` needs."""
-        B, n0 = u.shape[0], circuit.n_inputs
+        B = u.shape[0]
         v_src = source_voltages(circuit, u).numpy()
-        g1 = circuit.actual_conductances()[0]          # the deck's conductances (mismatch included)
-        nodes = free_node_names(circuit)
-        names, columns = [], []
-        reduced = self._reduced(circuit)
-        if reduced:
-            names += [norton_source_name(j) for j in range(circuit.layer_sizes[1])]
-            columns.append(self._norton_currents(circuit, g1, v_src))
-        else:
-            names += source_names(n0)
-            columns.append(v_src)
+        facts = self._facts(circuit)
+        reduced, g1 = facts.reduced, facts.g1          # the deck's conductances (mismatch included)
+        names = list(facts.input_names)
+        columns = [self._norton_currents(circuit, g1, v_src) if reduced else v_src]
         inputs = len(names)
         names += [nudge_source_name(j) for j in range(circuit.n_outputs)]
         if nudge is not None and nudge.currents_a is not None:
@@ -174,7 +195,7 @@ class NgspiceBackend(Backend):
             names += [target_source_name(j) for j in range(circuit.n_outputs)]
             columns.append(nudge.target_v.detach().to(torch.float64).numpy())
         values = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float64)
-        vectors = tuple(nodes + ([] if reduced else [f"{name}#branch" for name in source_names(n0)]))
+        vectors = facts.vectors
         deck, dg = self._deck(circuit, nudge)
         jobs = []
         size = self.chunk or chunk_size(B)
@@ -184,7 +205,7 @@ class NgspiceBackend(Backend):
             if method == "auto":
                 method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure, inputs))
-        return jobs, {"v_src": v_src, "n_nodes": len(nodes), "reduced": reduced}
+        return jobs, {"v_src": v_src, "n_nodes": facts.n_nodes, "reduced": reduced}
 
     def _norton_currents(self, circuit: BlockCircuit, g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
         """:func:`~ffebm_sim.netlist.norton_currents_a` of each row of ``v_src``, remembered per row
@@ -210,7 +231,7 @@ class NgspiceBackend(Backend):
         # sweep from the previous sample, which keeps answers independent of the caller.
         u = check_batch(circuit, inputs, nudge)
         B, n0 = u.shape[0], circuit.n_inputs
-        floating = circuit.floating_nodes()
+        floating = self._facts(circuit).floating
         if floating:
             message = (f"ngspice: node {floating[0]} floats (no conductance connects it; "
                        f"{len(floating)} such nodes); give it a non-zero conductance")
