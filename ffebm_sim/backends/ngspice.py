@@ -62,7 +62,6 @@ class _CircuitFacts(NamedTuple):
     reduced: bool
     g1: np.ndarray
     floating: tuple[str, ...]
-    n_nodes: int
     input_names: tuple[str, ...]
     vectors: tuple[str, ...]
 
@@ -174,7 +173,7 @@ class NgspiceBackend(Backend):
                       else source_names(n0))
             vectors = tuple(nodes + ([] if reduced else [f"{name}#branch" for name in source_names(n0)]))
             return _CircuitFacts(reduced, circuit.actual_conductances()[0], tuple(circuit.floating_nodes()),
-                                 len(nodes), tuple(inputs), vectors)
+                                 tuple(inputs), vectors)
         return self._circuit_facts.get(circuit, None, build)
 
     def jobs(self, circuit: BlockCircuit, u: torch.Tensor, nudge: Nudge | None) -> tuple[list[DeckJob], dict]:
@@ -205,7 +204,7 @@ class NgspiceBackend(Backend):
             if method == "auto":
                 method = "tran" if part.shape[0] >= TRAN_MIN_SAMPLES else "op"
             jobs.append(DeckJob(deck, dg, tuple(names), part, vectors, method, self.measure, inputs))
-        return jobs, {"v_src": v_src, "n_nodes": facts.n_nodes, "reduced": reduced}
+        return jobs, {"v_src": v_src, "n_nodes": circuit.n_free, "reduced": reduced}
 
     def _norton_currents(self, circuit: BlockCircuit, g1: np.ndarray, v_src: np.ndarray) -> np.ndarray:
         """:func:`~ffebm_sim.netlist.norton_currents_a` of each row of ``v_src``, remembered per row
